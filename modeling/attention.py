@@ -1,0 +1,117 @@
+"""Attention backends behind one signature, and the choice between them.
+
+Every backend takes queries, keys and values in the layout the projections produce,
+    q: (B, Tq, nh, hd)   k, v: (B, Tk, nkv, hd)   with nh % nkv == 0 (GQA),
+plus either `causal=True` (Tq == Tk, no padding: the fast path used in training) or an explicit
+boolean `mask` (B, 1, Tq, Tk), True = may attend (padding, or a KV cache with Tq > 1), and
+returns (B, Tq, nh, hd). The eager function is the reference the others are tested against.
+
+Backend choice (`resolve_attn_implementation`) happens once, at model construction: an explicit
+request that cannot run is an error saying why and what to install; only "auto" falls back
+(flash_attention_2 -> sdpa -> eager), and it reports which backend it chose and why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+FLASH_INSTALL_HINT = "pip install flash-attn --no-build-isolation (needs CUDA and a matching torch build)"
+
+
+def eager_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
+    """Reference implementation: explicit softmax(QK^T * scale) V with the softmax in float32."""
+    nh, nkv = q.shape[2], k.shape[2]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+    if nkv != nh:  # each KV head serves nh // nkv consecutive query heads
+        k = k.repeat_interleave(nh // nkv, dim=1)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
+    if causal:
+        tq, tk = scores.shape[-2:]
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    return torch.matmul(probs, v).transpose(1, 2)  # (B, Tq, nh, hd)
+
+
+def sdpa_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
+    """torch's scaled_dot_product_attention; on CUDA with causal=True it runs a FlashAttention-2 kernel."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd), views: SDPA takes strided inputs
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+    return out.transpose(1, 2)  # (B, Tq, nh, hd)
+
+
+def flash_attention_2(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
+    """Dao's flash_attn package: native (B, T, H, D) layout and GQA, bottom-right causal alignment."""
+    if mask is not None:
+        raise ValueError(
+            "attn_implementation='flash_attention_2' here runs unpadded batches only (no attention_mask with "
+            "zeros, no multi-token decode over a cache); use attn_implementation='sdpa' for padded inputs"
+        )
+    from flash_attn import flash_attn_func  # imported lazily: an optional, GPU-only dependency
+
+    return flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale, causal=causal)
+
+
+ATTENTION_FUNCTIONS: dict[str, Callable] = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+    "flash_attention_2": flash_attention_2,
+}
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def flash_attn_unavailable_reason() -> Optional[str]:
+    """None when flash_attention_2 can run here, else why not."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return f"the flash_attn package is not installed ({FLASH_INSTALL_HINT})"
+    if not _cuda_available():
+        return "no CUDA device: flash_attn kernels run only on NVIDIA GPUs"
+    try:
+        importlib.import_module("flash_attn")
+    except Exception as exc:  # a broken build (ABI mismatch with torch) is common; report it, don't crash
+        return f"flash_attn is installed but fails to import ({exc}); reinstall: {FLASH_INSTALL_HINT}"
+    return None
+
+
+def resolve_attn_implementation(requested: Optional[str]) -> tuple[str, str]:
+    """Map a requested backend ("auto"/None or a name) to the one that will run, with the reason."""
+    requested = requested or "auto"
+    if requested == "auto":
+        why_not_flash = flash_attn_unavailable_reason()
+        if why_not_flash is None:
+            return "flash_attention_2", "auto: flash_attn is installed and CUDA is available"
+        return "sdpa", f"auto: not flash_attention_2 because {why_not_flash}; using torch SDPA " \
+                       "(on CUDA its flash kernel is FlashAttention-2)"
+    if requested == "flash_attention_2":
+        why_not = flash_attn_unavailable_reason()
+        if why_not is not None:
+            raise ImportError(
+                f"attn_implementation='flash_attention_2' was requested but cannot run: {why_not}. "
+                "Install it on a GPU machine, or request 'sdpa' / 'auto' instead."
+            )
+        return requested, "requested explicitly"
+    if requested in ("sdpa", "eager"):
+        return requested, "requested explicitly"
+    raise ValueError(f"unknown attn_implementation {requested!r}; choose one of auto, eager, sdpa, flash_attention_2")
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,274 @@
+"""Conversion to and from the native transformers classes.
+
+`to_hf(model)` returns a `GPT2LMHeadModel`, `LlamaForCausalLM` or `Qwen3ForCausalLM` with the same
+weights (and hence the same logits) whenever the config is expressible in that class, and raises
+a clear error naming the field otherwise. `from_hf(hf_model)` goes the other way. The family is
+decided by field values (qk-norm -> Qwen3, RoPE+RMSNorm+SwiGLU -> LLaMA, learned+LayerNorm+MLP
+-> GPT-2), never by a name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from transformers.initialization import no_init_weights
+
+from .configuration import DecoderConfig
+from .modeling_decoder import DecoderForCausalLM
+
+_GPT2_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+class NotExportableError(ValueError):
+    """The config uses a feature the native transformers class cannot express."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Family detection and config conversion
+# ----------------------------------------------------------------------------------------------
+def hf_family(config: DecoderConfig) -> str:
+    """'gpt2', 'llama' or 'qwen3': the native class that can hold this config, or NotExportableError."""
+    c = config
+
+    def need(ok: bool, family: str, what: str) -> None:
+        if not ok:
+            raise NotExportableError(f"cannot export to {family}: {what}")
+
+    if c.position_embedding == "learned":
+        family = "GPT2LMHeadModel"
+        need(c.norm_type == "layernorm", family, f"norm_type={c.norm_type!r}, GPT-2 uses 'layernorm'")
+        need(not c.is_gated_mlp, family, f"mlp_type={c.mlp_type!r}, GPT-2 has a plain MLP")
+        need(c.attention_bias and c.mlp_bias, family, "GPT-2 has biases on every projection (attention_bias and mlp_bias must be True)")
+        need(not c.qk_norm, family, "qk_norm=True has no GPT-2 equivalent")
+        need(c.num_key_value_heads == c.num_attention_heads, family, "GPT-2 has no grouped-query attention")
+        need(
+            c.num_attention_heads * c.head_dim == c.hidden_size, family,
+            f"num_attention_heads x head_dim = {c.num_attention_heads} x {c.head_dim} = "
+            f"{c.num_attention_heads * c.head_dim} != hidden_size {c.hidden_size}; GPT-2 ties the head width to "
+            "hidden_size / n_head (e.g. 19 heads x 128 = 2432 would export)",
+        )
+        return "gpt2"
+    family = "Qwen3ForCausalLM" if c.qk_norm else "LlamaForCausalLM"
+    need(c.norm_type == "rmsnorm", family, f"norm_type={c.norm_type!r}, it uses 'rmsnorm'")
+    need(c.is_gated_mlp, family, f"mlp_type={c.mlp_type!r}, it uses 'swiglu'")
+    if c.qk_norm:
+        need(not c.mlp_bias, family, "Qwen3's MLP has no bias (mlp_bias must be False)")
+        return "qwen3"
+    return "llama"
+
+
+def to_hf_config(config: DecoderConfig):
+    family = hf_family(config)
+    common = dict(
+        vocab_size=config.vocab_size, tie_word_embeddings=config.tie_word_embeddings,
+        initializer_range=config.initializer_range, bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+    )
+    if family == "gpt2":
+        return GPT2Config(
+            n_embd=config.hidden_size, n_layer=config.num_hidden_layers, n_head=config.num_attention_heads,
+            n_inner=config.intermediate_size, n_positions=config.max_position_embeddings,
+            activation_function=_GPT2_ACT[config.mlp_type], layer_norm_epsilon=config.norm_eps,
+            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout, **common,
+        )
+    kwargs = dict(
+        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim, hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        attention_bias=config.attention_bias, attention_dropout=config.dropout, **common,
+    )
+    if family == "qwen3":
+        return Qwen3Config(use_sliding_window=False, **kwargs)
+    return LlamaConfig(mlp_bias=config.mlp_bias, **kwargs)
+
+
+def from_hf_config(hf_config) -> DecoderConfig:
+    common = dict(
+        vocab_size=hf_config.vocab_size, tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+        initializer_range=hf_config.initializer_range, bos_token_id=hf_config.bos_token_id,
+        eos_token_id=hf_config.eos_token_id, pad_token_id=getattr(hf_config, "pad_token_id", None),
+    )
+    model_type = hf_config.model_type
+    if model_type == "gpt2":
+        act = {v: k for k, v in _GPT2_ACT.items()}.get(hf_config.activation_function)
+        if act is None:
+            raise NotExportableError(f"GPT-2 activation {hf_config.activation_function!r} is not supported")
+        return DecoderConfig(
+            hidden_size=hf_config.n_embd, num_hidden_layers=hf_config.n_layer,
+            num_attention_heads=hf_config.n_head, intermediate_size=hf_config.n_inner or 4 * hf_config.n_embd,
+            max_position_embeddings=hf_config.n_positions, position_embedding="learned",
+            norm_type="layernorm", norm_eps=hf_config.layer_norm_epsilon, mlp_type=act,
+            attention_bias=True, mlp_bias=True, qk_norm=False, dropout=float(hf_config.resid_pdrop), **common,
+        )
+    if model_type in ("llama", "qwen3"):
+        if getattr(hf_config, "hidden_act", "silu") != "silu":
+            raise NotExportableError(f"hidden_act={hf_config.hidden_act!r}: only SwiGLU (silu) is supported")
+        rope = hf_config.rope_parameters or {}
+        if rope.get("rope_type", "default") != "default":
+            raise NotExportableError(f"rope_type={rope.get('rope_type')!r}: only default RoPE is supported")
+        if model_type == "qwen3" and getattr(hf_config, "use_sliding_window", False):
+            raise NotExportableError("Qwen3 sliding-window attention is not supported")
+        return DecoderConfig(
+            hidden_size=hf_config.hidden_size, num_hidden_layers=hf_config.num_hidden_layers,
+            num_attention_heads=hf_config.num_attention_heads, num_key_value_heads=hf_config.num_key_value_heads,
+            head_dim=hf_config.head_dim, intermediate_size=hf_config.intermediate_size,
+            max_position_embeddings=hf_config.max_position_embeddings, position_embedding="rope",
+            rope_theta=float(rope.get("rope_theta", 10000.0)), norm_type="rmsnorm", norm_eps=hf_config.rms_norm_eps,
+            mlp_type="swiglu", attention_bias=bool(hf_config.attention_bias),
+            mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), qk_norm=model_type == "qwen3",
+            dropout=float(hf_config.attention_dropout or 0.0), **common,
+        )
+    raise NotExportableError(f"model_type {model_type!r} is not supported; expected gpt2, llama or qwen3")
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight conversion. Each rule maps our tensor(s) to native tensor(s); GPT-2's Conv1D stores W^T.
+# ----------------------------------------------------------------------------------------------
+def _layer_rules(config: DecoderConfig, family: str, i: int) -> list[tuple[str, list[str], Callable, Callable]]:
+    """(our key, native keys, ours -> natives, natives -> ours) for layer i."""
+    ident = (lambda t: [t], lambda ts: ts[0])
+    ours = f"model.layers.{i}."
+    q_dim = config.num_attention_heads * config.head_dim
+    kv_dim = config.num_key_value_heads * config.head_dim
+    split_qkv = (lambda t: list(t.split([q_dim, kv_dim, kv_dim], dim=0)), lambda ts: torch.cat(ts, dim=0))
+    split_gate_up = (lambda t: list(t.chunk(2, dim=0)), lambda ts: torch.cat(ts, dim=0))
+    tr = (lambda t: [t.t()], lambda ts: ts[0].t())
+    rules = []
+    if family == "gpt2":
+        hf = f"transformer.h.{i}."
+        for p in ("weight", "bias"):
+            rules += [
+                (f"{ours}input_layernorm.{p}", [f"{hf}ln_1.{p}"], *ident),
+                (f"{ours}post_attention_layernorm.{p}", [f"{hf}ln_2.{p}"], *ident),
+            ]
+        rules += [
+            (f"{ours}self_attn.qkv_proj.weight", [f"{hf}attn.c_attn.weight"], *tr),
+            (f"{ours}self_attn.qkv_proj.bias", [f"{hf}attn.c_attn.bias"], *ident),
+            (f"{ours}self_attn.o_proj.weight", [f"{hf}attn.c_proj.weight"], *tr),
+            (f"{ours}self_attn.o_proj.bias", [f"{hf}attn.c_proj.bias"], *ident),
+            (f"{ours}mlp.up_proj.weight", [f"{hf}mlp.c_fc.weight"], *tr),
+            (f"{ours}mlp.up_proj.bias", [f"{hf}mlp.c_fc.bias"], *ident),
+            (f"{ours}mlp.down_proj.weight", [f"{hf}mlp.c_proj.weight"], *tr),
+            (f"{ours}mlp.down_proj.bias", [f"{hf}mlp.c_proj.bias"], *ident),
+        ]
+        return rules
+    hf = f"model.layers.{i}."
+    rules += [
+        (f"{ours}input_layernorm.weight", [f"{hf}input_layernorm.weight"], *ident),
+        (f"{ours}post_attention_layernorm.weight", [f"{hf}post_attention_layernorm.weight"], *ident),
+        (f"{ours}self_attn.o_proj.weight", [f"{hf}self_attn.o_proj.weight"], *ident),
+        (f"{ours}mlp.down_proj.weight", [f"{hf}mlp.down_proj.weight"], *ident),
+        (f"{ours}mlp.gate_up_proj.weight", [f"{hf}mlp.gate_proj.weight", f"{hf}mlp.up_proj.weight"], *split_gate_up),
+    ]
+    qkv_names = [f"{hf}self_attn.{n}_proj" for n in "qkv"]
+    rules.append((f"{ours}self_attn.qkv_proj.weight", [f"{n}.weight" for n in qkv_names], *split_qkv))
+    if config.attention_bias:
+        rules.append((f"{ours}self_attn.qkv_proj.bias", [f"{n}.bias" for n in qkv_names], *split_qkv))
+        rules.append((f"{ours}self_attn.o_proj.bias", [f"{hf}self_attn.o_proj.bias"], *ident))
+    if config.mlp_bias:
+        rules.append((f"{ours}mlp.gate_up_proj.bias", [f"{hf}mlp.gate_proj.bias", f"{hf}mlp.up_proj.bias"], *split_gate_up))
+        rules.append((f"{ours}mlp.down_proj.bias", [f"{hf}mlp.down_proj.bias"], *ident))
+    if config.qk_norm:
+        rules.append((f"{ours}self_attn.q_norm.weight", [f"{hf}self_attn.q_norm.weight"], *ident))
+        rules.append((f"{ours}self_attn.k_norm.weight", [f"{hf}self_attn.k_norm.weight"], *ident))
+    return rules
+
+
+def _rules(config: DecoderConfig, family: str):
+    ident = (lambda t: [t], lambda ts: ts[0])
+    if family == "gpt2":
+        rules = [
+            ("model.embed_tokens.weight", ["transformer.wte.weight"], *ident),
+            ("model.embed_positions.weight", ["transformer.wpe.weight"], *ident),
+            ("model.norm.weight", ["transformer.ln_f.weight"], *ident),
+            ("model.norm.bias", ["transformer.ln_f.bias"], *ident),
+        ]
+    else:
+        rules = [
+            ("model.embed_tokens.weight", ["model.embed_tokens.weight"], *ident),
+            ("model.norm.weight", ["model.norm.weight"], *ident),
+        ]
+    if not config.tie_word_embeddings:
+        rules.append(("lm_head.weight", ["lm_head.weight"], *ident))
+    for i in range(config.num_hidden_layers):
+        rules += _layer_rules(config, family, i)
+    return rules
+
+
+def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """load_state_dict that allows only tied weights and non-persistent buffers to be absent."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"weight conversion mismatch: missing={missing} unexpected={unexpected}")
+
+
+@torch.no_grad()
+def to_hf(model: DecoderForCausalLM) -> PreTrainedModel:
+    """A native transformers model with the same weights (and logits) as `model`."""
+    config = model.config
+    family = hf_family(config)
+    hf_config = to_hf_config(config)
+    hf_config._attn_implementation = "eager" if config._attn_implementation == "eager" else "sdpa"
+    cls = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "qwen3": Qwen3ForCausalLM}[family]
+    ours = model.state_dict()
+    state = {}
+    for our_key, hf_keys, forward, _ in _rules(config, family):
+        for key, tensor in zip(hf_keys, forward(ours[our_key])):
+            state[key] = tensor.contiguous().clone()
+    param = next(model.parameters())
+    with no_init_weights():  # real storage (buffers such as RoPE's inv_freq computed as usual), no random init
+        hf_model = cls(hf_config)
+    hf_model.to(device=param.device, dtype=param.dtype)
+    _load_exactly(hf_model, state)
+    hf_model.tie_weights()
+    hf_model.train(model.training)
+    return hf_model
+
+
+@torch.no_grad()
+def from_hf(hf_model: PreTrainedModel, attn_implementation: str | None = None) -> DecoderForCausalLM:
+    """Our model with the same weights (and logits) as a native GPT-2 / LLaMA / Qwen3 model."""
+    config = from_hf_config(hf_model.config)
+    config._attn_implementation = attn_implementation or "auto"
+    family = hf_family(config)
+    theirs = hf_model.state_dict()
+    state = {}
+    for our_key, hf_keys, _, backward in _rules(config, family):
+        missing = [k for k in hf_keys if k not in theirs]
+        if missing:
+            raise RuntimeError(f"native checkpoint lacks {missing}")
+        state[our_key] = backward([theirs[k] for k in hf_keys]).contiguous().clone()
+    param = next(hf_model.parameters())
+    with no_init_weights():
+        model = DecoderForCausalLM(config)
+    model.to(device=param.device, dtype=param.dtype)
+    _load_exactly(model, state)
+    model.tie_weights()
+    model.train(hf_model.training)
+    return model
+
+
+def export_hf(model: DecoderForCausalLM, out_dir: str | os.PathLike, tokenizer=None) -> str:
+    """Write the native-class checkpoint (safetensors + config [+ tokenizer]) loadable with plain
+    `AutoModelForCausalLM.from_pretrained(out_dir)`, no trust_remote_code, no import of this package."""
+    hf_model = to_hf(model)
+    hf_model.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return str(out_dir)

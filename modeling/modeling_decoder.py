@@ -1,0 +1,345 @@
+"""One configurable decoder-only transformer for GPT-2, LLaMA 2/3 and Qwen3.
+
+Reads top to bottom: norms, rotary embedding, MLPs, attention, block, model, LM head.
+Weights follow the HF conventions (rotate-half RoPE, RMSNorm computed in float32, GPT-2 tanh-GELU)
+so `to_hf` / `from_hf` copy tensors without permutations; q/k/v and gate/up are fused into one
+matmul each (fewer, larger GEMMs) and split on export.
+This module knows nothing of training: precision, compile, activation checkpointing and
+parallelism are applied by `training/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .attention import ATTENTION_FUNCTIONS, resolve_attn_implementation
+from .configuration import DecoderConfig
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Norms
+# ----------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019) computed in float32, then scaled in the input dtype (as HF LLaMA/Qwen3)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def build_norm(config: DecoderConfig, dim: int) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotary position embedding (Su et al. 2021), rotate-half convention
+# ----------------------------------------------------------------------------------------------
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin tables (B, T, 1, hd) for positions (B, T); computed in float32, no buffers (cheap, compile-friendly)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # (B, T, 1, hd): broadcasts over heads
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, hd). Rotates channel i with channel i + hd/2 (HF's rotate_half layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# ----------------------------------------------------------------------------------------------
+# MLPs
+# ----------------------------------------------------------------------------------------------
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+class MLP(nn.Module):
+    """Plain 2-layer MLP: down(act(up(x)))."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act = _ACTIVATIONS[config.mlp_type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP (Shazeer 2020): down(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, config: DecoderConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.n_head = config.num_attention_heads
+        self.n_kv_head = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_dim, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        if config.qk_norm:  # per-head RMSNorm over head_dim, before RoPE (Qwen3)
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+
+    def forward(self, x, rope, mask, past_key_values: Optional[Cache]):
+        B, T, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
+        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)  # (B, T, nkv, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)  # (B, T, nkv, hd)
+        if self.config.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if past_key_values is not None:  # the HF cache stores (B, H, T, hd)
+            k, v = past_key_values.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Tk, nkv, hd)
+        attn = ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        causal = mask is None and q.shape[1] == k.shape[1]  # Tq == 1 over a cache needs no mask at all
+        dropout_p = self.config.dropout if self.training else 0.0
+        y = attn(q, k, v, causal=causal, mask=mask, dropout_p=dropout_p, scale=self.scale)  # (B, T, nh, hd)
+        return self.o_proj(y.reshape(B, T, self.n_head * self.head_dim))
+
+
+# ----------------------------------------------------------------------------------------------
+# Block
+# ----------------------------------------------------------------------------------------------
+class DecoderBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: DecoderConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = build_norm(config, config.hidden_size)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = build_norm(config, config.hidden_size)
+        self.mlp = SwiGLU(config) if config.is_gated_mlp else MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, mask=None, past_key_values=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+class DecoderPreTrainedModel(PreTrainedModel):
+    config_class = DecoderConfig
+    config: DecoderConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DecoderBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True  # the pre-v5 spelling, for tools that still read it
+
+    def __init__(self, config: DecoderConfig, *args, **kwargs):
+        # Resolve "auto" (or an explicit request) to the backend that will run, before HF's own check:
+        # an unavailable explicit request fails here with our message; "auto" falls back and says why.
+        name, reason = resolve_attn_implementation(config._attn_implementation)
+        if config._attn_implementation in (None, "auto"):
+            logger.info("attention backend: %s (%s)", name, reason)
+        config._attn_implementation = name
+        self.attn_backend_reason = reason
+        super().__init__(config, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """N(0, initializer_range) for matrices; residual output projections scaled by 1/sqrt(2L) (GPT-2 paper)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            is_residual_out = getattr(module, "_is_residual_out", False)
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers) if is_residual_out else std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+
+
+class DecoderModel(DecoderPreTrainedModel):
+    """Embeddings -> blocks -> final norm; returns hidden states (B, T, hidden)."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.position_embedding == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = build_norm(config, config.hidden_size)
+        for block in self.layers:
+            block.self_attn.o_proj._is_residual_out = True
+            block.mlp.down_proj._is_residual_out = True
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T = x.shape[:2]
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        # A mask that is all ones is no mask: check it here (a host sync, only when a mask is passed:
+        # generation and evaluation; the training loop passes none) so the fast causal kernels run.
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        if position_ids is None:
+            if attention_mask is not None:  # left padding: positions count real tokens only
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past_len, past_len + T, device=x.device).unsqueeze(0)  # (1, T)
+        mask = _build_mask(attention_mask, B, T, past_len, x.device)
+
+        if self.config.position_embedding == "learned":
+            if past_len + T > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"sequence of {past_len + T} tokens exceeds max_position_embeddings="
+                    f"{self.config.max_position_embeddings} of the learned position table"
+                )
+            x = x + self.embed_positions(position_ids)
+            rope = None
+        else:
+            rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        x = self.dropout(x)
+        for block in self.layers:
+            x = block(x, rope, mask, past_key_values)
+        x = self.norm(x)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+
+
+def _build_mask(attention_mask, B: int, T: int, past_len: int, device) -> Optional[torch.Tensor]:
+    """Boolean (B, 1, T, past+T) mask, True = may attend; None when plain causal (or T == 1) suffices."""
+    if attention_mask is None and (past_len == 0 or T == 1):
+        return None
+    total = past_len + T
+    q_pos = torch.arange(past_len, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, total), causal aligned to the end of the keys
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, -total:].bool()
+        mask = mask | (k_pos == q_pos)[None, None]  # a padded query attends to itself: no all-masked rows (NaN)
+    return mask.expand(B, 1, T, total)
+
+
+class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__(config)
+        self.model = DecoderModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        shift_labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """`labels` follow the HF convention (aligned with input_ids, shifted here); `shift_labels` are
+        already the next tokens (what `data_prep.PackedTokenDataset` yields). -100 is ignored in both."""
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+        )
+        h = out.last_hidden_state  # (B, T, C)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None
+        if labels is not None and shift_labels is None:
+            shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # position t predicts token t+1
+        if shift_labels is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), shift_labels.reshape(-1).to(logits.device), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
