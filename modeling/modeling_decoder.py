@@ -181,15 +181,14 @@ class DecoderPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flash_attn_2 = True  # the pre-v5 spelling, for tools that still read it
 
-    def __init__(self, config: DecoderConfig, *args, **kwargs):
-        # Resolve "auto" (or an explicit request) to the backend that will run, before HF's own check:
-        # an unavailable explicit request fails here with our message; "auto" falls back and says why.
-        name, reason = resolve_attn_implementation(config._attn_implementation)
-        if config._attn_implementation in (None, "auto"):
+    def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs) -> str:
+        """HF's hook for choosing the backend, replaced by ours: "auto" falls back (and says why), an
+        explicit request that cannot run raises with what to install; our flash path calls flash_attn directly."""
+        name, reason = resolve_attn_implementation(attn_implementation)
+        if attn_implementation in (None, "auto") and not getattr(self, "attn_backend_reason", None):
             logger.info("attention backend: %s (%s)", name, reason)
-        config._attn_implementation = name
         self.attn_backend_reason = reason
-        super().__init__(config, *args, **kwargs)
+        return name
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,0 +1,115 @@
+"""Attention backends: one signature, same numbers; backend choice and its errors."""
+
+import logging
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling import DecoderConfig, DecoderForCausalLM, attention
+from modeling.attention import ATTENTION_FUNCTIONS, eager_attention, resolve_attn_implementation
+
+
+def _qkv(B=2, Tq=12, Tk=12, nh=4, nkv=2, hd=16):
+    return torch.randn(B, Tq, nh, hd), torch.randn(B, Tk, nkv, hd), torch.randn(B, Tk, nkv, hd)
+
+
+def _reference(q, k, v, mask):
+    """Textbook attention with explicit per-head loops: independent of every backend's code."""
+    B, Tq, nh, hd = q.shape
+    group = nh // k.shape[2]
+    out = torch.empty_like(q)
+    for b in range(B):
+        for h in range(nh):
+            s = q[b, :, h] @ k[b, :, h // group].T / hd**0.5
+            s = s.masked_fill(~mask[b, 0], float("-inf"))
+            out[b, :, h] = torch.softmax(s, -1) @ v[b, :, h // group]
+    return out
+
+
+@pytest.mark.parametrize("name", ["eager", "sdpa"])
+@pytest.mark.parametrize("nkv", [4, 2, 1])
+def test_backends_match_reference_causal_and_masked(name, nkv):
+    q, k, v = _qkv(nkv=nkv)
+    fn = ATTENTION_FUNCTIONS[name]
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()[None, None].expand(2, 1, 12, 12)
+    out = fn(q, k, v, causal=True, mask=None, dropout_p=0.0, scale=16**-0.5)
+    torch.testing.assert_close(out, _reference(q, k, v, causal), atol=1e-5, rtol=1e-5)
+    pad = causal.clone()
+    pad[1, :, :, :3] = False  # left padding of sample 1
+    pad[1, :, torch.arange(3), torch.arange(3)] = True
+    out = fn(q, k, v, causal=False, mask=pad, dropout_p=0.0, scale=16**-0.5)
+    torch.testing.assert_close(out, _reference(q, k, v, pad), atol=1e-5, rtol=1e-5)
+
+
+def test_causal_is_bottom_right_aligned_over_a_cache():
+    q, k, v = _qkv(Tq=3, Tk=10)
+    mask = torch.ones(3, 10, dtype=torch.bool).tril(diagonal=7)[None, None].expand(2, 1, 3, 10)
+    torch.testing.assert_close(eager_attention(q, k, v, causal=True, mask=None, dropout_p=0.0, scale=0.25),
+                               _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_eager_and_sdpa_models_agree():
+    cfg = dict(attn_implementation="eager")
+    eager = DecoderForCausalLM(DecoderConfig.from_preset("tiny-qwen3", **cfg)).eval()
+    sdpa = DecoderForCausalLM(DecoderConfig.from_preset("tiny-qwen3", attn_implementation="sdpa")).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    ids = torch.randint(0, 2048, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(eager(input_ids=ids).logits, sdpa(input_ids=ids).logits, atol=1e-5, rtol=0)
+
+
+def test_auto_on_cpu_resolves_to_sdpa_and_says_why(caplog):
+    name, reason = resolve_attn_implementation("auto")
+    assert name == "sdpa"
+    assert "flash_attn" in reason or "CUDA" in reason
+    with caplog.at_level(logging.INFO, logger="modeling.modeling_decoder"):
+        model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama"))
+    assert model.config._attn_implementation == "sdpa"
+    assert "attention backend: sdpa" in caplog.text and "not flash_attention_2 because" in caplog.text
+
+
+def test_explicit_flash_on_cpu_is_a_clear_error():
+    with pytest.raises(ImportError, match=r"flash_attention_2.*cannot run.*pip install flash-attn"):
+        DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama", attn_implementation="flash_attention_2"))
+
+
+@pytest.fixture
+def fake_flash_attn(monkeypatch):
+    """A test-only stand-in for the flash_attn package: flash_attn_func's (B, S, H, D) contract on top of SDPA."""
+    calls = []
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
+        calls.append(dict(shape=tuple(q.shape), kv_heads=k.shape[2], causal=causal))
+        tq, tk = q.shape[1], k.shape[1]
+        mask = torch.ones(tq, tk, dtype=torch.bool).tril(diagonal=tk - tq) if causal else None  # bottom-right
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                             scale=softmax_scale, enable_gqa=True)
+        return out.transpose(1, 2)
+
+    module = types.ModuleType("flash_attn")
+    module.flash_attn_func = flash_attn_func
+    module.__spec__ = types.SimpleNamespace(name="flash_attn", loader=None, origin="test", submodule_search_locations=None)
+    monkeypatch.setitem(sys.modules, "flash_attn", module)
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: module.__spec__ if name == "flash_attn" else None)
+    monkeypatch.setattr(attention, "_cuda_available", lambda: True)
+    return calls
+
+
+def test_flash_path_layout_causal_and_gqa(fake_flash_attn):
+    assert resolve_attn_implementation("auto")[0] == "flash_attention_2"
+    eager = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama", attn_implementation="eager")).eval()
+    flash = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama", attn_implementation="flash_attention_2")).eval()
+    flash.load_state_dict(eager.state_dict())
+    ids = torch.randint(0, 2048, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(flash(input_ids=ids).logits, eager(input_ids=ids).logits, atol=1e-5, rtol=0)
+    # (B, S, H, D) layout, GQA passed through un-repeated (2 KV heads for 4 query heads), causal flag set
+    assert fake_flash_attn[0] == dict(shape=(2, 32, 4, 16), kv_heads=2, causal=True)
+    # generation: prefill then one-token decode steps over the cache (no mask needed on either)
+    with torch.no_grad():
+        a = flash.generate(ids[:1, :5], max_new_tokens=4, do_sample=False)
+        b = eager.generate(ids[:1, :5], max_new_tokens=4, do_sample=False)
+    assert a.tolist() == b.tolist()
