@@ -1,0 +1,1 @@
+"""Training under `accelerate launch`: recipes, the loop, callbacks, checkpoints, planning and analysis."""
