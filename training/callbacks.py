@@ -1,0 +1,315 @@
+"""Cross-cutting work as small callbacks the Trainer calls at fixed points:
+on_train_start, on_step_begin, on_step_end(StepOutput), on_preempt, on_train_end.
+
+Each records what it measures into the run log (`<out_dir>/log.jsonl`, one JSON object per line,
+each with a "type"). Host syncs (`.item()`) happen only on log/eval/checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from modeling import mfu
+
+from . import checkpoint
+from .distributed import is_deepspeed
+
+logger = logging.getLogger("training")
+
+
+# ------------------------------------------------------------------------------------------------
+class JsonlLogger:
+    """Rank 0 appends records to log.jsonl (config first), prints a console line, feeds trackers."""
+
+    def __init__(self, out_dir: str):
+        self.path = Path(out_dir) / "log.jsonl"
+
+    def on_train_start(self, trainer) -> None:
+        acc = trainer.accelerator
+        if not acc.is_main_process:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.state.iter > 0 and self.path.exists():
+            self._truncate_after(trainer.state.iter)  # the killed run logged past its last checkpoint
+        self.write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
+        if trainer.cfg.trackers:
+            acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name,
+                              config={k: v for k, v in trainer.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
+
+    def _truncate_after(self, iteration: int) -> None:
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if rec.get("type") == "config" or rec.get("iter", 0) <= iteration:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {"type": record["type"], "time": round(time.time(), 3), **{k: v for k, v in record.items() if k != "type"}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["type"] == "train":
+            logger.info(_console_line(record))
+        elif record["type"] != "config":
+            logger.info("%s", {k: v for k, v in record.items() if k != "time"})
+
+    def on_train_end(self, trainer) -> None:
+        if trainer.cfg.trackers:
+            trainer.accelerator.end_training()
+
+
+def _console_line(r: dict) -> str:
+    parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"lr {r['lr']:.2e}"]
+    if r.get("grad_norm") is not None:
+        parts.append(f"gnorm {r['grad_norm']:.3f}")
+    parts.append(f"{r['tokens_per_sec']:,.0f} tok/s")
+    if r.get("mfu") is not None:
+        parts.append(f"mfu {100 * r['mfu']:.1f}%")
+    parts.append(f"{r['time_ms']:.0f} ms/it")
+    if r.get("mem_peak_gb") is not None:
+        parts.append(f"mem {r['mem_peak_gb']:.2f} GB")
+    return " | ".join(parts)
+
+
+def _main_only_write(trainer, record: dict) -> None:
+    if trainer.accelerator.is_main_process:
+        trainer.log(record)
+    if trainer.cfg.trackers:
+        trainer.accelerator.log({f"{record['type']}/{k}": v for k, v in record.items()
+                                 if isinstance(v, (int, float)) and k != "iter"}, step=record.get("iter"))
+
+
+# ------------------------------------------------------------------------------------------------
+def memory_stats(device: torch.device) -> dict[str, Optional[float]]:
+    """CUDA allocator figures; on CPU the process RSS (current and peak), reserved = null."""
+    gb = 1024**3
+    if device.type == "cuda":
+        return {
+            "mem_allocated_gb": torch.cuda.memory_allocated(device) / gb,
+            "mem_peak_gb": torch.cuda.max_memory_allocated(device) / gb,
+            "mem_reserved_gb": torch.cuda.memory_reserved(device) / gb,
+        }
+    with open("/proc/self/statm") as f:
+        rss_pages = int(f.read().split()[1])
+    return {
+        "mem_allocated_gb": rss_pages * os.sysconf("SC_PAGE_SIZE") / gb,
+        "mem_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gb,
+        "mem_reserved_gb": None,
+    }
+
+
+class TrainMetrics:
+    """The `train` record every log_interval iterations: loss, lr, grad norm, speed, MFU, memory.
+
+    Time per iteration is the wall time of the log window divided by its iterations, minus the time
+    evals and checkpoints took (they wrap themselves in trainer.untimed()), so no per-step sync."""
+
+    def __init__(self, flops_per_token: float, peak_flops: Optional[float]):
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.window_start: Optional[float] = None
+        self.window_untimed = 0.0
+        self.window_iters = 0
+
+    def on_step_begin(self, trainer) -> None:
+        if self.window_start is None:
+            self.window_start, self.window_untimed = time.perf_counter(), trainer.untimed_s
+
+    def on_step_end(self, trainer, out) -> None:
+        self.window_iters += 1
+        if not trainer.is_step(trainer.cfg.log_interval) and trainer.state.iter != trainer.cfg.max_iters:
+            return
+        acc = trainer.accelerator
+        loss = acc.reduce(out.loss.detach(), reduction="mean").item()  # sync: log steps only
+        if out.grad_norm is not None:
+            grad_norm = float(out.grad_norm)
+        elif is_deepspeed(acc):
+            norm = trainer.model.get_global_grad_norm()
+            grad_norm = float(norm) if norm is not None else None
+        else:
+            grad_norm = None
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - self.window_start - (trainer.untimed_s - self.window_untimed)
+        time_ms = 1000 * seconds / self.window_iters
+        tokens_per_sec = trainer.tokens_per_iter * self.window_iters / seconds
+        per_gpu = tokens_per_sec / acc.num_processes
+        record = {
+            "type": "train", "iter": trainer.state.iter, "loss": loss, "lr": out.lr, "grad_norm": grad_norm,
+            "tokens": trainer.state.tokens, "tokens_per_sec": tokens_per_sec, "tokens_per_sec_per_gpu": per_gpu,
+            "tflops": per_gpu * self.flops_per_token / 1e12, "mfu": mfu(per_gpu, self.flops_per_token, self.peak_flops),
+            "time_ms": time_ms, **memory_stats(acc.device),
+        }
+        if not math.isfinite(loss):
+            record["nonfinite_loss"] = True
+        _main_only_write(trainer, record)
+        self.window_start, self.window_iters = None, 0
+
+
+# ------------------------------------------------------------------------------------------------
+class LayerGradNorms:
+    """Per-layer gradient norms every N iterations, read just before the optimizer step.
+
+    A pre-hook on the base optimizer sees the accumulated, clipped gradients on every backend;
+    under DeepSpeed they live in ZeRO's flat buffers and `safe_get_full_grad` gathers them."""
+
+    def __init__(self, interval: int):
+        self.interval = interval
+        self.norms: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer) -> None:
+        if self.interval <= 0:
+            return
+        named = list(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+        use_ds = is_deepspeed(trainer.accelerator)
+        base = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+
+        def hook(optimizer, args, kwargs):
+            if (trainer.state.iter + 1) % self.interval:
+                return
+            if use_ds:
+                from deepspeed.utils import safe_get_full_grad
+            sums: dict[str, torch.Tensor] = {}
+            for name, p in named:
+                g = safe_get_full_grad(p) if use_ds else p.grad
+                if g is None:
+                    continue
+                if hasattr(g, "full_tensor"):  # FSDP2 DTensor
+                    g = g.full_tensor()
+                key = _layer_key(name)
+                sums[key] = sums.get(key, 0) + g.float().pow(2).sum()
+            self.norms = {k: v.sqrt() for k, v in sums.items()}
+
+        base.register_step_pre_hook(hook)
+
+    def on_step_end(self, trainer, out) -> None:
+        if self.norms and trainer.is_step(self.interval):
+            record = {"type": "grad_norms", "iter": trainer.state.iter,
+                      "layers": {k: float(v) for k, v in self.norms.items()}}  # sync: every N iterations only
+            _main_only_write(trainer, record)
+            self.norms = {}
+
+
+def _layer_key(name: str) -> str:
+    parts = name.split(".")
+    if "layers" in parts:
+        i = parts.index("layers")
+        return f"layer_{int(parts[i + 1]):02d}"
+    return parts[-2] if len(parts) >= 2 else name
+
+
+# ------------------------------------------------------------------------------------------------
+class Validation:
+    """Validation loss every eval_interval iterations and at the end."""
+
+    def on_step_end(self, trainer, out) -> None:
+        cfg = trainer.cfg
+        if cfg.eval_interval > 0 and trainer.val_loader is not None and (
+            trainer.is_step(cfg.eval_interval) or trainer.state.iter == cfg.max_iters
+        ):
+            start = time.perf_counter()
+            with trainer.untimed():
+                val_loss = trainer.evaluate()
+            _main_only_write(trainer, {"type": "eval", "iter": trainer.state.iter, "val_loss": val_loss,
+                                       "val_ppl": math.exp(min(val_loss, 50.0)),
+                                       "time_ms": 1000 * (time.perf_counter() - start)})
+
+
+class Checkpointer:
+    """Periodic checkpoints, one at the end (with the native HF export), and one on preemption."""
+
+    def on_step_end(self, trainer, out) -> None:
+        cfg = trainer.cfg
+        if trainer.is_step(cfg.checkpoint_interval) and trainer.state.iter != cfg.max_iters:
+            self._save(trainer, export=False)
+
+    def on_preempt(self, trainer) -> None:
+        logger.info("stop requested (SIGTERM/SIGINT): checkpointing iteration %d before exiting", trainer.state.iter)
+        self._save(trainer, export=False, reason="preempted")
+
+    def on_train_end(self, trainer) -> None:
+        if trainer.state.iter == trainer.cfg.max_iters and not trainer.stop_requested:
+            self._save(trainer, export=trainer.cfg.export_hf, reason="final")
+
+    def _save(self, trainer, export: bool, reason: str = "interval") -> None:
+        start = time.perf_counter()
+        with trainer.untimed():
+            path = checkpoint.save_checkpoint(trainer, export_hf=export)
+        _main_only_write(trainer, {"type": "checkpoint", "iter": trainer.state.iter, "path": str(path),
+                                   "reason": reason, "time_ms": 1000 * (time.perf_counter() - start)})
+
+
+class HarnessEval:
+    """lm-eval ARC-Easy / ARC-Challenge / OpenBookQA on rank 0 every N iterations (eval/harness.py)."""
+
+    def __init__(self, interval: int, data_dir: Optional[str], limit: Optional[int]):
+        self.interval, self.data_dir, self.limit = interval, data_dir, limit
+
+    def on_step_end(self, trainer, out) -> None:
+        if not trainer.is_step(self.interval):
+            return
+        acc = trainer.accelerator
+        start = time.perf_counter()
+        with trainer.untimed():
+            if acc.is_main_process:
+                from eval.harness import evaluate_model
+
+                model = acc.unwrap_model(trainer.model)
+                model.eval()
+                result = evaluate_model(model, trainer.tokenizer, data_dir=self.data_dir, limit=self.limit,
+                                        device=str(acc.device))
+                model.train()
+                tasks = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                         for t, m in result["results"].items()}
+                trainer.log({"type": "eval_harness", "iter": trainer.state.iter, "tasks": tasks,
+                             "time_ms": 1000 * (time.perf_counter() - start)})
+            acc.wait_for_everyone()
+
+
+class Profiler:
+    """A torch.profiler trace of iterations [profile_start, profile_start + profile_iters) per rank."""
+
+    def __init__(self, start: int, iters: int, out_dir: str):
+        self.start, self.stop, self.out = start, start + iters, Path(out_dir) / "profile"
+        self.prof = None
+
+    def on_step_begin(self, trainer) -> None:
+        if trainer.state.iter + 1 == self.start and self.prof is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities, record_shapes=True, profile_memory=True)
+            self.prof.__enter__()
+
+    def on_step_end(self, trainer, out) -> None:
+        if self.prof is not None and trainer.state.iter + 1 == self.stop:
+            self._finish(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        if self.prof is not None:
+            self._finish(trainer)
+
+    def _finish(self, trainer) -> None:
+        with trainer.untimed():
+            self.prof.__exit__(None, None, None)
+            self.out.mkdir(parents=True, exist_ok=True)
+            rank = trainer.accelerator.process_index
+            self.prof.export_chrome_trace(str(self.out / f"trace_rank{rank}.json"))
+            sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            (self.out / f"top_ops_rank{rank}.txt").write_text(self.prof.key_averages().table(sort_by=sort, row_limit=40))
+            if trainer.accelerator.is_main_process:
+                trainer.log({"type": "profile", "iter": trainer.state.iter, "path": str(self.out)})
+        self.prof = None

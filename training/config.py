@@ -1,0 +1,197 @@
+"""TrainConfig: one typed, documented recipe; YAML files plus `--key=value` overrides.
+
+Every field has a type, a default and a one-line doc. Derived values (accumulation steps, the padded
+vocabulary, decay horizon) are computed from the fields at start-up, never configured twice, and
+every inconsistency is an error that names the field and the fix, before step 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    # --- model -------------------------------------------------------------------------------------
+    preset: str = "tiny-llama"  # modeling preset name (python -m modeling.describe NAME)
+    model_overrides: dict = field(default_factory=dict)  # DecoderConfig field overrides, e.g. {num_hidden_layers: 4}
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
+    vocab_size: Optional[int] = None  # None: the data manifest's tokenizer length padded up to a multiple of 128
+    # --- data --------------------------------------------------------------------------------------
+    data_dir: str = "data/demo"  # output of `python -m data_prep.prepare` (train.bin, val.bin, manifest.json)
+    seq_len: int = 256  # tokens per training sequence
+    num_workers: int = 0  # DataLoader worker processes per rank
+    # --- batch -------------------------------------------------------------------------------------
+    micro_batch_size: int = 8  # sequences per rank per forward/backward
+    global_batch_size: Optional[int] = None  # sequences per optimizer step over all ranks
+    global_batch_tokens: Optional[int] = None  # or the same in tokens (must be a multiple of seq_len)
+    # --- optimisation --------------------------------------------------------------------------------
+    max_iters: int = 1000  # optimizer steps to run
+    lr: float = 6e-4  # peak learning rate (after warmup)
+    min_lr: float = 6e-5  # final learning rate of the cosine decay
+    warmup_iters: int = 100  # linear warmup steps
+    lr_decay_iters: Optional[int] = None  # end of the cosine decay; None: max_iters
+    weight_decay: float = 0.1  # AdamW decay, applied to >= 2-D weights only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables (written into the DeepSpeed config)
+    fused_adamw: Optional[bool] = None  # None: fused kernel when on CUDA
+    # --- precision and speed -----------------------------------------------------------------------
+    precision: str = "auto"  # auto (the accelerate config's mixed_precision) | bf16 | fp16 | fp32
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute block activations in backward (memory for ~30% time)
+    # --- evaluation ----------------------------------------------------------------------------------
+    eval_interval: int = 200  # validation loss every N iterations (0: never; always at the end if > 0)
+    eval_iters: int = 20  # validation micro-batches per evaluation (per rank)
+    harness_interval: int = 0  # lm-eval ARC/OBQA every N iterations on rank 0 (0: never)
+    harness_data_dir: Optional[str] = None  # local ARC/OBQA JSONL dir for harness evals (None: the Hub tasks)
+    harness_limit: Optional[int] = None  # questions per task for in-training harness evals
+    # --- logging, checkpoints, profiling -----------------------------------------------------------
+    out_dir: str = "runs/demo"  # log.jsonl and checkpoints/ go here
+    log_interval: int = 10  # a train record every N iterations (host syncs happen only then)
+    grad_norm_layers_interval: int = 0  # per-layer gradient norms every N iterations (0: never)
+    checkpoint_interval: int = 500  # a checkpoint every N iterations (and at the end, and on SIGTERM)
+    keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
+    export_hf: bool = True  # also write a native transformers export with the final checkpoint
+    resume: Optional[str] = None  # None | "auto" (newest checkpoint in out_dir, if any) | a checkpoint dir
+    seed: int = 1337  # model init and data order
+    trackers: list = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
+    run_name: Optional[str] = None  # tracker run name (default: the out_dir's name)
+    profile: bool = False  # torch.profiler trace of a window of iterations into out_dir/profile
+    profile_start: int = 5  # first profiled iteration
+    profile_iters: int = 3  # profiled iterations
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Checks that need no runtime information (world size, manifest): raise naming the field."""
+        positive = ("seq_len", "micro_batch_size", "max_iters", "log_interval", "eval_iters", "profile_iters")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.global_batch_size is not None and self.global_batch_tokens is not None:
+            raise ValueError("set global_batch_size (sequences) or global_batch_tokens, not both")
+        if self.global_batch_tokens is not None and self.global_batch_tokens % self.seq_len:
+            raise ValueError(
+                f"global_batch_tokens={self.global_batch_tokens} is not a multiple of seq_len={self.seq_len}; "
+                f"use {self.global_batch_tokens // self.seq_len * self.seq_len} or set global_batch_size in sequences"
+            )
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must lie in [0, lr={self.lr}]")
+        if self.warmup_iters < 0 or (self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters):
+            raise ValueError("warmup_iters must be >= 0 and lr_decay_iters >= warmup_iters")
+        if self.resume not in (None, "", "auto") and not Path(self.resume).is_dir():
+            raise ValueError(f"resume={self.resume!r} is not a checkpoint directory (use 'auto' or a path to iter_XXXXXX)")
+
+    def global_batch_sequences(self, world_size: int) -> int:
+        if self.global_batch_size is not None:
+            return self.global_batch_size
+        if self.global_batch_tokens is not None:
+            return self.global_batch_tokens // self.seq_len
+        return self.micro_batch_size * world_size  # no accumulation
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Accumulation steps so that micro_batch x world_size x steps = the global batch; checked exactly."""
+        global_seqs = self.global_batch_sequences(world_size)
+        per_step = self.micro_batch_size * world_size
+        if global_seqs % per_step:
+            options = [m for m in range(1, global_seqs + 1) if global_seqs % (m * world_size) == 0]
+            raise ValueError(
+                f"global batch of {global_seqs} sequences is not divisible by micro_batch_size={self.micro_batch_size} "
+                f"x world_size={world_size} = {per_step}; micro_batch_size values that divide it: {options[:12]}"
+            )
+        return global_seqs // per_step
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters if self.lr_decay_iters is not None else self.max_iters
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading: YAML recipe, then --key=value overrides, with type checks against the dataclass
+# ----------------------------------------------------------------------------------------------------
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _unknown_key(key: str, where: str) -> ValueError:
+    close = difflib.get_close_matches(key, _FIELDS, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(_FIELDS)}"
+    return ValueError(f"unknown recipe key {key!r} in {where}{hint}")
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Check `value` against the field's annotated type; ints are accepted where floats are expected."""
+    hint = _HINTS[key]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ValueError(f"{key} in {where} must not be null")
+    for t in allowed:
+        origin = typing.get_origin(t) or t
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, dict, list) and isinstance(value, origin):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ValueError(f"{key}={value!r} in {where} has type {type(value).__name__}; expected {names}")
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--key=value` (or `--key value`) -> {key: YAML-parsed value}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; overrides look like --key=value")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, raw = arg[2:], argv[i + 1]
+            i += 1
+        else:  # a bare flag means true
+            key, raw = arg[2:], "true"
+        out[key.replace("-", "_")] = yaml.safe_load(raw) if raw != "" else None
+        i += 1
+    return out
+
+
+def load_config(recipe: Optional[str], overrides: dict[str, Any] | None = None) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {recipe!r} not found; recipes live in training/recipes/*.yaml")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe {recipe} must be a mapping of key: value")
+        for key, value in loaded.items():
+            if key not in _FIELDS:
+                raise _unknown_key(key, str(path))
+            values[key] = _coerce(key, value, str(path))
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise _unknown_key(key, "the command line")
+        values[key] = _coerce(key, value, "the command line")
+    config = TrainConfig(**values)
+    config.validate()
+    return config

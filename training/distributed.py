@@ -1,0 +1,103 @@
+"""The Accelerator, built from the accelerate config that `accelerate launch` passed in, and the
+checks that keep the DeepSpeed JSON consistent with the recipe.
+
+The distributed strategy (DeepSpeed ZeRO 0-3, DDP, FSDP, one process) is chosen only by the
+accelerate config file (and the DS JSON it names); nothing here branches on hardware names.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+from .config import TrainConfig
+
+_PRECISION_TO_ACCELERATE = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+
+
+def build_accelerator(cfg: TrainConfig, grad_accum_steps: int) -> Accelerator:
+    kwargs_handlers = []
+    if not torch.cuda.is_available():
+        # Without CUDA the default backend resolution leaves DeepSpeed counting one process (its
+        # batch-size check then fails); gloo is the CPU collective backend.
+        kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=10)))
+    mixed_precision = None if cfg.precision == "auto" else _PRECISION_TO_ACCELERATE[cfg.precision]
+    return Accelerator(
+        gradient_accumulation_steps=grad_accum_steps,
+        mixed_precision=mixed_precision,
+        log_with=cfg.trackers or None,
+        project_dir=cfg.out_dir,
+        kwargs_handlers=kwargs_handlers,
+        step_scheduler_with_optimizer=False,  # we step the LR schedule ourselves, once per optimizer step
+    )
+
+
+def precision_name(accelerator: Accelerator) -> str:
+    return {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, grad_accum_steps: int) -> None:
+    """Fill the DS JSON's batch and clipping fields from the recipe; refuse numbers that disagree.
+
+    accelerate fills "auto" itself, but a number in the JSON silently wins over accelerate's
+    accumulation, and "gradient_clipping": "auto" becomes 1.0 whatever the recipe says."""
+    if not is_deepspeed(accelerator):
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    source = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the DeepSpeed config")
+    expected = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "train_batch_size": cfg.micro_batch_size * grad_accum_steps * accelerator.num_processes,
+        "gradient_clipping": float(cfg.grad_clip),
+    }
+    for key, value in expected.items():
+        current = ds.get(key, "auto")
+        if current != "auto" and float(current) != float(value):
+            raise ValueError(
+                f"{source} sets {key}={current} but the recipe gives {value} "
+                f"(micro_batch_size={cfg.micro_batch_size}, accumulation={grad_accum_steps}, "
+                f"world_size={accelerator.num_processes}, grad_clip={cfg.grad_clip}); set {key} to \"auto\" "
+                "in the JSON: the recipe is the single source of truth"
+            )
+        ds[key] = value
+    plugin.gradient_clipping = float(cfg.grad_clip)
+    for half in ("bf16", "fp16"):
+        enabled = ds.get(half, {}).get("enabled", "auto")
+        wanted = precision_name(accelerator) == half
+        if enabled != "auto" and bool(enabled) != wanted:
+            raise ValueError(
+                f"{source} sets {half}.enabled={enabled} but training runs in {precision_name(accelerator)} "
+                "(from the recipe's precision or the accelerate config's mixed_precision); set it to \"auto\""
+            )
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ValueError(
+            f"{source} defines an optimizer/scheduler; remove them: AdamW and the warmup-cosine schedule "
+            "come from the recipe (training/optim.py)"
+        )
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    if not is_deepspeed(accelerator):
+        return None
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def strategy_description(accelerator: Accelerator) -> dict:
+    return {
+        "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+        "world_size": accelerator.num_processes,
+        "num_machines": int(os.environ.get("ACCELERATE_NUM_MACHINES", os.environ.get("GROUP_WORLD_SIZE", 1)) or 1),
+        "ds_stage": zero_stage(accelerator),
+        "ds_config_file": os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") if is_deepspeed(accelerator) else None,
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+    }

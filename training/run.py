@@ -1,0 +1,188 @@
+"""Train a decoder under `accelerate launch`: parse -> build -> Trainer.fit().
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml training/run.py \\
+        --recipe training/recipes/demo_cpu.yaml --max_iters=8 --out_dir=runs/x [--resume=auto]
+
+Any recipe key can be overridden as --key=value (types are checked; unknown keys are errors).
+The accelerate config alone chooses the strategy (DeepSpeed ZeRO-0/1/2/3, DDP, FSDP, 1 process).
+Order of application (as torchtitan): model built on every rank from the same seed -> activation
+checkpointing -> torch.compile (per block) -> accelerate.prepare (the parallel wrapper).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by `accelerate launch training/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from modeling import FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token
+from training import callbacks as cb
+from training.checkpoint import load_checkpoint, resolve_resume
+from training.config import TrainConfig, load_config, parse_overrides
+from training.distributed import (build_accelerator, configure_deepspeed, precision_name, strategy_description)
+from training.optim import build_optimizer, build_scheduler
+from training.trainer import Trainer
+
+logger = logging.getLogger("training")
+
+USAGE = __doc__ + "\nRecipe keys (defaults):\n" + "\n".join(
+    f"  --{name}={value!r}" for name, value in TrainConfig().to_dict().items()
+)
+
+
+def padded_vocab(n: int, multiple: int = 128) -> int:
+    return -(-n // multiple) * multiple
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> DecoderForCausalLM:
+    config = DecoderConfig.from_preset(
+        cfg.preset, vocab_size=vocab_size, attn_implementation=cfg.attn_implementation, **cfg.model_overrides
+    )
+    if cfg.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
+        raise ValueError(f"seq_len={cfg.seq_len} exceeds the learned position table ({config.max_position_embeddings})")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = DecoderForCausalLM(config)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        for block in model.model.layers:  # per block: short compile, unchanged state-dict keys
+            block.compile()
+    return model
+
+
+def build_data(cfg: TrainConfig, rank: int, world_size: int, pin_memory: bool):
+    from data_prep import PackedTokenDataset, build_dataloader, load_manifest
+
+    if not (Path(cfg.data_dir) / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"data_dir={cfg.data_dir!r} has no manifest.json; prepare it first: python -m data_prep.prepare "
+            f"--input CORPUS --tokenizer TOKENIZER --out {cfg.data_dir} --seq-len {cfg.seq_len} --val-fraction 0.01"
+        )
+    manifest = load_manifest(cfg.data_dir)
+    train = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "train", shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
+    train_loader = build_dataloader(train, cfg.micro_batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory)
+    val_loader = None
+    if "val" in manifest["splits"] and cfg.eval_interval > 0:
+        val = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "val", shuffle=False, rank=rank, world_size=world_size, infinite=True)
+        val_loader = build_dataloader(val, cfg.micro_batch_size)
+    return manifest, train_loader, val_loader
+
+
+def load_tokenizer(data_dir: str):
+    path = Path(data_dir) / "tokenizer"
+    if not path.is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    recipe = None
+    if "--recipe" in argv:
+        i = argv.index("--recipe")
+        recipe, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    else:
+        recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("--recipe=")), None)
+        argv = [a for a in argv if not a.startswith("--recipe=")]
+    cfg = load_config(recipe, parse_overrides(argv))
+
+    # The accelerator needs the accumulation steps, which need the world size: read it from the
+    # launcher's environment first (WORLD_SIZE), then check against the accelerator.
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = cfg.grad_accum_steps(world_size)
+    accelerator = build_accelerator(cfg, accum)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if accelerator.num_processes != world_size:
+        raise RuntimeError(f"WORLD_SIZE={world_size} but accelerate sees {accelerator.num_processes} processes")
+    configure_deepspeed(accelerator, cfg, accum)
+
+    manifest, train_loader, val_loader = build_data(cfg, accelerator.process_index, accelerator.num_processes,
+                                                    pin_memory=accelerator.device.type == "cuda")
+    from data_prep import check_vocab_compat
+
+    vocab = cfg.vocab_size or padded_vocab(int(manifest["tokenizer"]["vocab_size"]))
+    check_vocab_compat(manifest, vocab)
+    model = build_model(cfg, vocab)
+    tokenizer = load_tokenizer(cfg.data_dir)
+
+    optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                cfg.adam_eps, fused=cfg.fused_adamw)
+    scheduler = build_scheduler(optimizer, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # not prepared: it must step once per optimizer step
+
+    config = accelerator.unwrap_model(model).config
+    tokens_per_iter = cfg.global_batch_sequences(accelerator.num_processes) * cfg.seq_len
+    fpt = flops_per_token(config, cfg.seq_len)
+    device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "cpu"
+    peak = _peak_flops(device_name, precision_name(accelerator))
+    run_info = {
+        "recipe": cfg.to_dict(), "recipe_file": recipe,
+        "model": {**config.to_diff_dict(), "preset": cfg.preset},
+        "n_params": count_parameters(config)["total"], "params": count_parameters(config),
+        "flops_per_token": fpt, "flops_definition": FLOPS_DEFINITION,
+        **strategy_description(accelerator),
+        "precision": precision_name(accelerator), "device": device_name, "peak_flops_per_gpu": peak,
+        "attn_implementation": config._attn_implementation,
+        "attn_reason": getattr(accelerator.unwrap_model(model), "attn_backend_reason", None),
+        "seq_len": cfg.seq_len, "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": accum,
+        "global_batch_sequences": cfg.global_batch_sequences(accelerator.num_processes),
+        "tokens_per_iter": tokens_per_iter, "max_iters": cfg.max_iters,
+        "data": {"dir": cfg.data_dir, "tokens": {k: v["tokens"] for k, v in manifest["splits"].items()},
+                 "tokenizer": manifest["tokenizer"]},
+        "mem_kind": "cuda_allocator" if accelerator.device.type == "cuda" else "process_rss",
+    }
+    callbacks = [
+        cb.JsonlLogger(cfg.out_dir),
+        cb.TrainMetrics(fpt, peak),
+        cb.LayerGradNorms(cfg.grad_norm_layers_interval),
+        cb.Validation(),
+        cb.HarnessEval(cfg.harness_interval, cfg.harness_data_dir, cfg.harness_limit),
+        cb.Checkpointer(),
+    ]
+    if cfg.profile:
+        callbacks.append(cb.Profiler(cfg.profile_start, cfg.profile_iters, cfg.out_dir))
+    trainer = Trainer(cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, tokenizer,
+                      accum, tokens_per_iter, callbacks, run_info)
+
+    resume_from = resolve_resume(cfg.resume, cfg.out_dir)
+    if resume_from is not None:
+        load_checkpoint(trainer, resume_from)
+        run_info["resumed_from"] = str(resume_from)
+        logger.info("resumed from %s at iteration %d", resume_from, trainer.state.iter)
+    trainer.fit()
+    accelerator.wait_for_everyone()
+    return 0
+
+
+def _peak_flops(device_name: str, precision: str):
+    if device_name == "cpu":
+        return None
+    try:
+        from training.hardware import canonical_gpu_name, peak_flops
+
+        return peak_flops(canonical_gpu_name(device_name), precision)
+    except (ImportError, ValueError, KeyError) as exc:
+        logger.warning("no peak FLOPs for %r (%s): MFU will be null", device_name, exc)
+        return None
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,156 @@
+"""The training loop, and only the loop.
+
+One optimizer step = `grad_accum_steps` micro-batches: forward -> backward (accumulate) -> clip ->
+optimizer step -> LR schedule step, visible in `train_step`. Everything cross-cutting (logging,
+throughput/MFU, memory, gradient norms, validation, checkpoints, profiling, harness evals) is a
+callback in `callbacks.py` that reads the `StepOutput` this loop returns. No host syncs here:
+losses and norms stay tensors until a callback reads them on a log step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+
+from .distributed import is_deepspeed
+
+
+def nvtx(name: str):
+    """An NVTX range for Nsight Systems on CUDA; nothing elsewhere."""
+    return torch.cuda.nvtx.range(name) if torch.cuda.is_available() else contextlib.nullcontext()
+
+
+@dataclass
+class TrainState:
+    iter: int = 0  # optimizer steps completed
+    tokens: int = 0  # tokens trained, all ranks
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def load_dict(self, d: dict) -> None:
+        self.iter, self.tokens, self.extra = int(d["iter"]), int(d["tokens"]), dict(d.get("extra", {}))
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # mean loss of this rank's micro-batches (a device tensor: no sync)
+    lr: float  # learning rate used by this step
+    grad_norm: Optional[torch.Tensor]  # pre-clip global norm (None under DeepSpeed: read from the engine)
+
+
+class Trainer:
+    def __init__(self, cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, tokenizer,
+                 grad_accum_steps: int, tokens_per_iter: int, callbacks: list, run_info: dict):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_loader, self.val_loader, self.tokenizer = train_loader, val_loader, tokenizer
+        self.grad_accum_steps, self.tokens_per_iter = grad_accum_steps, tokens_per_iter
+        self.callbacks, self.run_info = callbacks, run_info
+        self.state = TrainState()
+        self.stop_requested = False  # set by SIGTERM/SIGINT; acted on at an agreed iteration
+        self.untimed_s = 0.0  # seconds spent in evals/checkpoints, excluded from throughput
+        self._batches: Optional[Iterator] = None
+
+    # ---------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        self._install_signal_handlers()
+        self._emit("on_train_start")
+        self._batches = iter(self.train_loader)
+        while self.state.iter < self.cfg.max_iters:
+            self._emit("on_step_begin")
+            out = self.train_step()
+            self.state.iter += 1
+            self.state.tokens += self.tokens_per_iter
+            self._emit("on_step_end", out)
+            if self._should_stop():
+                self._emit("on_preempt")
+                break
+        self._emit("on_train_end")
+
+    def train_step(self) -> StepOutput:
+        self.model.train()
+        device = self.accelerator.device
+        loss_sum = torch.zeros((), device=device)
+        grad_norm = None
+        lr = self.scheduler.get_last_lr()[0]
+        for _ in range(self.grad_accum_steps):
+            with nvtx("data_fetch"):
+                x, y = next(self._batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # accumulate(): no gradient all-reduce until the last micro-batch (DDP no_sync; the
+            # DeepSpeed engine is told the accumulation boundary). Losses are scaled by 1/steps.
+            with self.accelerator.accumulate(self.model):
+                with nvtx("forward"):
+                    loss = self.model(input_ids=x, shift_labels=y).loss
+                with nvtx("backward"):
+                    self.accelerator.backward(loss)  # under DeepSpeed also clips + steps at the boundary
+                loss_sum += loss.detach()
+                if self.accelerator.sync_gradients and self.cfg.grad_clip > 0 and not is_deepspeed(self.accelerator):
+                    with nvtx("clip"):
+                        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                with nvtx("opt_step"):
+                    self.optimizer.step()  # a no-op until the accumulation boundary
+                    self.optimizer.zero_grad(set_to_none=True)
+        with nvtx("sched_step"):
+            self.scheduler.step()
+        return StepOutput(loss=loss_sum / self.grad_accum_steps, lr=lr, grad_norm=grad_norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over `eval_iters` micro-batches per rank (the same batches every time)."""
+        self.model.eval()
+        device = self.accelerator.device
+        total, count = torch.zeros((), device=device), 0
+        for i, (x, y) in enumerate(self.val_loader):
+            if i >= self.cfg.eval_iters:
+                break
+            total += self.model(input_ids=x.to(device), shift_labels=y.to(device)).loss
+            count += 1
+        mean = self.accelerator.reduce(total / max(count, 1), reduction="mean")
+        self.model.train()
+        return float(mean.item())  # sync: eval steps only
+
+    # ---------------------------------------------------------------------------------------------
+    def is_step(self, interval: int) -> bool:
+        return interval > 0 and self.state.iter % interval == 0
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Wrap work (evals, checkpoints) whose time must not count as training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.untimed_s += time.perf_counter() - start
+
+    def log(self, record: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            if hasattr(cb, "write"):
+                cb.write(record)
+
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event, lambda *a: None)(self, *args)
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, request_stop)
+
+    def _should_stop(self) -> bool:
+        """Agree across ranks on stopping: every step on one process, on log steps otherwise (they sync anyway)."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_requested
+        if not self.is_step(self.cfg.log_interval):
+            return False
+        flag = torch.tensor(float(self.stop_requested), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
