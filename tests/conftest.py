@@ -21,3 +21,15 @@ def _seed():
 
     torch.manual_seed(0)
     yield
+
+
+if str(REPO / "tests") not in sys.path:  # shared helpers (tests/train_helpers.py) importable from any test
+    sys.path.insert(0, str(REPO / "tests"))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The shipped Shakespeare sample tokenized with the shipped BPE (train + 5% val)."""
+    from train_helpers import prepare_demo_data
+
+    return prepare_demo_data(tmp_path_factory.mktemp("data") / "demo")

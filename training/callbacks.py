@@ -40,6 +40,8 @@ class JsonlLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if trainer.state.iter > 0 and self.path.exists():
             self._truncate_after(trainer.state.iter)  # the killed run logged past its last checkpoint
+        elif self.path.exists():  # a fresh run in a reused out_dir: keep the old log aside, never mix them
+            os.replace(self.path, self.path.with_name(f"log.{int(self.path.stat().st_mtime)}.jsonl"))
         self.write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
         if trainer.cfg.trackers:
             acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name,

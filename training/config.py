@@ -145,6 +145,11 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         raise ValueError(f"{key} in {where} must not be null")
     for t in allowed:
         origin = typing.get_origin(t) or t
+        if origin is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if origin is int and isinstance(value, int) and not isinstance(value, bool):

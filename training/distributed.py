@@ -20,20 +20,39 @@ _PRECISION_TO_ACCELERATE = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 
 
 def build_accelerator(cfg: TrainConfig, grad_accum_steps: int) -> Accelerator:
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    cpu_multi = launched and not torch.cuda.is_available()
     kwargs_handlers = []
-    if not torch.cuda.is_available():
+    if cpu_multi:
         # Without CUDA the default backend resolution leaves DeepSpeed counting one process (its
         # batch-size check then fails); gloo is the CPU collective backend.
         kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=10)))
     mixed_precision = None if cfg.precision == "auto" else _PRECISION_TO_ACCELERATE[cfg.precision]
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=grad_accum_steps,
         mixed_precision=mixed_precision,
         log_with=cfg.trackers or None,
         project_dir=cfg.out_dir,
         kwargs_handlers=kwargs_handlers,
         step_scheduler_with_optimizer=False,  # we step the LR schedule ourselves, once per optimizer step
+        # A MULTI_GPU config on a CPU machine runs DDP over gloo only with cpu=True (the launcher does
+        # not pass `use_cpu` on); never for DeepSpeed, which cpu=True would silently turn into DDP.
+        cpu=cpu_multi and not deepspeed,
     )
+    # Refuse the silent failure modes instead of training the wrong thing.
+    if launched and accelerator.distributed_type == DistributedType.NO:
+        raise RuntimeError(
+            f"launched {os.environ['WORLD_SIZE']} processes but accelerate set up no distributed strategy: each "
+            "would train alone. Check the accelerate config (distributed_type) and the devices"
+        )
+    if fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        raise RuntimeError(
+            f"the accelerate config asks for FSDP but accelerate set up {accelerator.distributed_type.value}: "
+            "FSDP needs CUDA devices here; use accelerate_configs/cpu.yaml (DeepSpeed) or cpu_ddp.yaml on a CPU"
+        )
+    return accelerator
 
 
 def precision_name(accelerator: Accelerator) -> str:

@@ -22,7 +22,7 @@ import torch
 
 from modeling import FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token
 from training import callbacks as cb
-from training.checkpoint import load_checkpoint, resolve_resume
+from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume
 from training.config import TrainConfig, load_config, parse_overrides
 from training.distributed import (build_accelerator, configure_deepspeed, precision_name, strategy_description)
 from training.optim import build_optimizer, build_scheduler
@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("--recipe=")), None)
         argv = [a for a in argv if not a.startswith("--recipe=")]
     cfg = load_config(recipe, parse_overrides(argv))
+    resume_from = resolve_resume(cfg.resume, cfg.out_dir)
+    if resume_from is None and latest_checkpoint(cfg.out_dir) is not None:
+        raise ValueError(
+            f"out_dir={cfg.out_dir!r} already holds checkpoints of an earlier run; pass --resume=auto to continue "
+            "it, or choose another out_dir (nothing was overwritten)"
+        )
 
     # The accelerator needs the accumulation steps, which need the world size: read it from the
     # launcher's environment first (WORLD_SIZE), then check against the accelerator.
@@ -143,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_iter": tokens_per_iter, "max_iters": cfg.max_iters,
         "data": {"dir": cfg.data_dir, "tokens": {k: v["tokens"] for k, v in manifest["splits"].items()},
                  "tokenizer": manifest["tokenizer"]},
+        "model_wrapper": type(model).__name__,
         "mem_kind": "cuda_allocator" if accelerator.device.type == "cuda" else "process_rss",
     }
     callbacks = [
@@ -158,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, tokenizer,
                       accum, tokens_per_iter, callbacks, run_info)
 
-    resume_from = resolve_resume(cfg.resume, cfg.out_dir)
     if resume_from is not None:
         load_checkpoint(trainer, resume_from)
         run_info["resumed_from"] = str(resume_from)

@@ -1,0 +1,135 @@
+"""Multi-process training on CPU under `accelerate launch`, against single-process references.
+
+Tolerance: all runs are float32 on the same CPU kernels; a 2-rank run averages two half-batch
+gradients with an all-reduce where the 1-rank run accumulates two micro-batches, so only the
+summation order differs (~1e-7 relative per step). Over 10 AdamW steps this stays far below
+TOL = 2e-5 on a loss of ~7, while a wrong batch split, a doubled LR warmup or a missed
+all-reduce changes the losses by 1e-2 or more from the second step on.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import TINY_RUN, read_log, run_training, train_losses
+
+TOL = 2e-5
+ITERS = 10
+
+
+def _args(data, out, *extra):
+    return [*TINY_RUN, f"--data_dir={data}", f"--out_dir={out}", f"--max_iters={ITERS}", "--global_batch_size=8", *extra]
+
+
+@pytest.fixture(scope="module")
+def single_process_reference(demo_data, tmp_path_factory):
+    """1 process, micro-batch 4 x 2 accumulation steps = the same 8 sequences per step as 2 ranks x 4."""
+    out = tmp_path_factory.mktemp("ref")
+    code, log = run_training(None, *_args(demo_data, out))
+    assert code == 0, log[-3000:]
+    config = read_log(out)[0]
+    assert (config["distributed_type"], config["world_size"], config["grad_accum_steps"]) == ("NO", 1, 2)
+    return train_losses(out)
+
+
+def _assert_same_curve(losses, reference):
+    assert sorted(losses) == list(range(1, ITERS + 1))
+    for it in losses:
+        assert losses[it] == pytest.approx(reference[it], abs=TOL), f"iteration {it}"
+    assert losses[ITERS] < losses[1] - 0.3  # it really trains
+
+
+def test_deepspeed_zero1_two_processes_matches_one(demo_data, tmp_path, single_process_reference):
+    code, log = run_training("cpu.yaml", *_args(demo_data, tmp_path))
+    assert code == 0, log[-3000:]
+    config = read_log(tmp_path)[0]
+    assert config["distributed_type"] == "DEEPSPEED" and config["ds_stage"] == 1
+    assert config["world_size"] == 2 and config["grad_accum_steps"] == 1
+    assert config["model_wrapper"] == "DeepSpeedEngine" and config["backend"] == "gloo"
+    _assert_same_curve(train_losses(tmp_path), single_process_reference)
+
+    # ZeRO-1 really partitions the optimizer: each rank's checkpoint holds half the fp32 master
+    # weights and Adam moments (rounded up to DeepSpeed's alignment), not all of them.
+    n_params = config["n_params"]
+    shards = sorted((tmp_path / "checkpoints").glob(f"iter_{ITERS:06d}/accelerate/pytorch_model/zero_pp_rank_*_optim_states.pt"))
+    assert len(shards) == 2
+    for shard in shards:
+        state = torch.load(shard, weights_only=False)["optimizer_state_dict"]
+        assert state["zero_stage"] == 1
+        held = sum(t.numel() for t in state["single_partition_of_fp32_groups"])
+        moments = sum(s["exp_avg"].numel() for s in state["base_optimizer_state"]["state"].values())
+        assert abs(held - n_params / 2) <= 64 and moments == held
+
+
+def test_ddp_two_processes_matches_one(demo_data, tmp_path, single_process_reference):
+    code, log = run_training("cpu_ddp.yaml", *_args(demo_data, tmp_path))
+    assert code == 0, log[-3000:]
+    config = read_log(tmp_path)[0]
+    assert config["distributed_type"] == "MULTI_CPU" and config["world_size"] == 2
+    assert config["model_wrapper"] == "DistributedDataParallel" and config["ds_stage"] is None
+    _assert_same_curve(train_losses(tmp_path), single_process_reference)
+
+
+def test_two_nodes_on_loopback_match_single_node(demo_data, tmp_path, single_process_reference):
+    """multinode.yaml-style: num_machines 2, machine_rank 0/1, main_process_ip 127.0.0.1, one process
+    each, DeepSpeed ZeRO-1 through the standard launcher (torchrun), not pdsh."""
+    import socket
+    import subprocess
+    import sys
+
+    from train_helpers import BIN, REPO, RUN_PY
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yaml = (REPO / "accelerate_configs" / "multinode.yaml").read_text()
+    yaml = yaml.replace("main_process_ip: FILL_IN_NODE0_ADDRESS", "main_process_ip: 127.0.0.1")
+    yaml = yaml.replace("num_processes: 16", "num_processes: 2").replace("main_process_port: 29500", f"main_process_port: {port}")
+    yaml = yaml.replace("gpu_ids: all\n", "")
+    procs = []
+    import os
+
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for rank in (0, 1):
+        cfg = tmp_path / f"node{rank}.yaml"
+        cfg.write_text(yaml.replace("machine_rank: 0", f"machine_rank: {rank}"))
+        cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(cfg), RUN_PY,
+               *_args(demo_data, tmp_path / "run")]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    config = read_log(tmp_path / "run")[0]
+    assert config["distributed_type"] == "DEEPSPEED" and config["world_size"] == 2 and config["num_machines"] == 2
+    _assert_same_curve(train_losses(tmp_path / "run"), single_process_reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="FSDP needs 2+ CUDA GPUs")
+def test_fsdp_two_gpus(demo_data, tmp_path, single_process_reference):
+    yaml = (Path(__file__).resolve().parents[2] / "accelerate_configs" / "8xb200_fsdp.yaml").read_text()
+    cfg = tmp_path / "fsdp.yaml"
+    cfg.write_text(yaml.replace("num_processes: 8", "num_processes: 2"))
+    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"))
+    assert code == 0, log[-3000:]
+    config = read_log(tmp_path / "run")[0]
+    assert config["distributed_type"] == "FSDP" and config["world_size"] == 2
+
+
+def test_fsdp_config_on_cpu_is_refused_not_silently_ddp(demo_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU refusal")
+    yaml = (Path(__file__).resolve().parents[2] / "accelerate_configs" / "8xb200_fsdp.yaml").read_text()
+    cfg = tmp_path / "fsdp.yaml"
+    cfg.write_text(yaml.replace("num_processes: 8", "num_processes: 2").replace("gpu_ids: all\n", ""))
+    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"), timeout=300)
+    assert code != 0
+    assert "FSDP needs CUDA devices" in log

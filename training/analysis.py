@@ -1,0 +1,382 @@
+"""Run logs -> per-run summaries, a ranking across runs, and plots.
+
+    python -m training.analysis runs/qwen3_b200 runs/llama3_a6000 [--out DIR] [--json FILE|-] [--no-plots]
+
+Reads `<run_dir>/log.jsonl` (DESIGN.md): a "config" record, then "train" records (iter, loss, lr,
+grad_norm, tokens, tokens_per_sec, mfu, tflops, time_ms, mem_*_gb), "eval" records (val_loss and
+the eval's own time_ms), "checkpoint" records, maybe "eval_harness" records. A resumed run appends
+a new "config" record (with "start_iter") after truncating the records past its checkpoint.
+
+What a train record's time_ms means: training/callbacks.py (TrainMetrics) logs every
+`log_interval` iterations the wall time of that window divided by its iterations, with evals and
+checkpoints already subtracted. So
+
+    training time = sum over train records of time_ms * (iterations in its window) / 1000
+
+where the window of a record is its iter minus the previous train record's iter (or the segment's
+start_iter). With a record every iteration this is plain sum(time_ms) / 1000. eval and checkpoint
+records carry their own time_ms, which is NOT training time and is reported separately.
+
+Lines that are empty or not JSON (a line cut short when a run was killed) are skipped and counted,
+never fatal. Writes summary.md, summary.json and PNG plots (matplotlib, Agg backend) to
+`--out` (default `<first run dir>/analysis/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+LOG_NAME = "log.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables (shared by training.planning and training.sweep: plain text for the console, markdown for files)
+# ------------------------------------------------------------------------------------------------
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = False) -> str:
+    """Right-align numbers, left-align text; `markdown=True` gives a GitHub table."""
+    rows = [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    numeric = [all(_looks_numeric(r[i]) for r in rows if r[i]) and any(r[i] for r in rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
+        return ("| " + " | ".join(out) + " |") if markdown else "  ".join(out).rstrip()
+
+    sep = ("|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+           if markdown else "  ".join("-" * w for w in widths))
+    return "\n".join([line(list(headers)), sep] + [line(r) for r in rows])
+
+
+def _looks_numeric(text: str) -> bool:
+    t = text.replace(",", "").replace("%", "").strip()
+    try:
+        float(t)
+        return True
+    except ValueError:
+        return t in ("-", "n/a")
+
+
+def fmt(value: Any, spec: str = ".3f", none: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return format(value, spec)
+
+
+def write_json(obj: Any, target: str | None) -> None:
+    """--json FILE writes a file, --json - prints to stdout."""
+    text = json.dumps(obj, indent=2, default=str)
+    if target == "-":
+        print(text)
+    elif target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(text + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+def resolve_log(path: str | Path) -> Path:
+    """A run directory (holding log.jsonl) or the log file itself."""
+    p = Path(path)
+    log = p / LOG_NAME if p.is_dir() else p
+    if not log.is_file():
+        raise FileNotFoundError(
+            f"no run log at {log}: pass a run directory holding {LOG_NAME} (the trainer's out_dir) or the file itself"
+        )
+    return log
+
+
+def read_log(path: str | Path) -> tuple[list[dict], int]:
+    """(records, number of skipped lines). Skips empty lines, non-JSON lines (a run killed mid-write
+    leaves a truncated last line) and JSON values that are not objects with a "type"."""
+    records, skipped = [], 0
+    with open(resolve_log(path), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                skipped += 1
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if not isinstance(rec, dict) or "type" not in rec:
+                skipped += 1
+                continue
+            records.append(rec)
+    return records, skipped
+
+
+def _find_key(obj: Any, key: str) -> Any:
+    """First value of `key` in a (nested) config record: the trainer flattens run_info into the
+    record, older or other writers may nest it under "config" or "recipe"."""
+    if isinstance(obj, dict):
+        if key in obj and obj[key] is not None:
+            return obj[key]
+        for v in obj.values():
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary of one run
+# ------------------------------------------------------------------------------------------------
+def summarize(log_path: str | Path) -> dict:
+    """Totals and figures of one run log (see the module docstring for the time accounting)."""
+    log = resolve_log(log_path)
+    records, skipped = read_log(log)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["type"]] = counts.get(r["type"], 0) + 1
+
+    configs = [r for r in records if r["type"] == "config"]
+    config = configs[-1] if configs else {}
+    tokens_per_iter = _num(_find_key(config, "tokens_per_iter"))
+    max_iters = _find_key(config, "max_iters")
+
+    # Walk the records in order; a config record starts a segment (fresh start or resume).
+    train_time_s = tokens = 0.0
+    iters_trained = 0
+    prev_iter: int | None = None
+    windows: list[int] = []
+    train = []
+    for r in records:
+        if r["type"] == "config":
+            prev_iter = int(r.get("start_iter") or 0)
+            continue
+        if r["type"] != "train" or not isinstance(r.get("iter"), int):
+            continue
+        start = prev_iter if prev_iter is not None else 0
+        window = max(1, r["iter"] - start)  # a 0-indexed first record still covers one iteration
+        prev_iter = r["iter"]
+        train.append(r)
+        windows.append(window)
+        iters_trained += window
+        time_ms = _num(r.get("time_ms"))
+        if time_ms is not None:
+            train_time_s += time_ms * window / 1000.0
+            tps = _num(r.get("tokens_per_sec"))
+            if tokens_per_iter is None and tps is not None:
+                tokens += tps * time_ms * window / 1000.0
+        if tokens_per_iter is not None:
+            tokens += tokens_per_iter * window
+
+    evals = [r for r in records if r["type"] == "eval"]
+    ckpts = [r for r in records if r["type"] == "checkpoint"]
+    harness = [r for r in records if r["type"] == "eval_harness"]
+    mfus = [m for m in (_num(r.get("mfu")) for r in train) if m is not None]
+    tflops = [t for t in (_num(r.get("tflops")) for r in train) if t is not None]
+    peaks = [m for m in (_num(r.get("mem_peak_gb")) for r in train) if m is not None]
+    val_losses = [(r.get("iter"), _num(r.get("val_loss"))) for r in evals if _num(r.get("val_loss")) is not None]
+    last_iter = train[-1]["iter"] if train else None
+    times = [t for t in (_num(r.get("time")) for r in records) if t is not None]
+
+    if max_iters is None:
+        status = "unknown (no max_iters in the config record)" if train else "no train records"
+        complete = None
+    else:
+        complete = last_iter is not None and last_iter >= int(max_iters)
+        status = "complete" if complete else (
+            f"cut off at iter {last_iter} of {max_iters} ({100 * (last_iter or 0) / int(max_iters):.1f}%)"
+        )
+    if skipped:
+        status += f"; {skipped} unreadable line(s) skipped"
+
+    tokens_per_sec = tokens / train_time_s if train_time_s > 0 else None
+    return {
+        "run": _run_name(log, config),
+        "log": str(log),
+        "skipped_lines": skipped,
+        "record_counts": counts,
+        "segments": len(configs),
+        "iters": iters_trained,
+        "last_iter": last_iter,
+        "max_iters": max_iters,
+        "complete": complete,
+        "status": status,
+        "train_time_s": train_time_s,
+        "time_per_iter_ms": 1000.0 * train_time_s / iters_trained if iters_trained else None,
+        "tokens": tokens,
+        "tokens_per_sec": tokens_per_sec,
+        "tokens_per_hour": tokens_per_sec * 3600 if tokens_per_sec is not None else None,
+        "mfu_mean": statistics.fmean(mfus) if mfus else None,
+        "mfu_median": statistics.median(mfus) if mfus else None,
+        "tflops_mean": statistics.fmean(tflops) if tflops else None,
+        "final_loss": _num(train[-1].get("loss")) if train else None,
+        "final_val_loss": val_losses[-1][1] if val_losses else None,
+        "best_val_loss": min(v for _, v in val_losses) if val_losses else None,
+        "peak_mem_gb": max(peaks) if peaks else None,
+        "eval_time_s": sum(_num(r.get("time_ms")) or 0.0 for r in evals) / 1000.0,
+        "checkpoint_time_s": sum(_num(r.get("time_ms")) or 0.0 for r in ckpts) / 1000.0,
+        "wall_time_s": (max(times) - min(times)) if len(times) >= 2 and len(configs) <= 1 else None,
+        "harness": harness[-1].get("tasks") if harness else None,
+        "device": _find_key(config, "device"),
+        "preset": _find_key(config, "preset"),
+    }
+
+
+def _run_name(log: Path, config: dict) -> str:
+    name = _find_key(config, "run_name")
+    return str(name) if name else log.parent.name
+
+
+def rank_runs(summaries: list[dict]) -> list[dict]:
+    """Best first: by final validation loss where there is one, else by final train loss."""
+    def key(s: dict) -> tuple:
+        val, train = s.get("final_val_loss"), s.get("final_loss")
+        return (val is None, val if val is not None else math.inf, train if train is not None else math.inf)
+
+    return sorted(summaries, key=key)
+
+
+def summary_table(summaries: list[dict], markdown: bool = False) -> str:
+    headers = ["rank", "run", "iters", "status", "train h", "ms/iter", "tok/s", "Mtok/h", "MFU mean",
+               "MFU median", "loss", "val loss", "peak GB"]
+    rows = []
+    for i, s in enumerate(summaries, 1):
+        seen = f"{s['iters']}/{s['max_iters']}" if s.get("max_iters") is not None else str(s["iters"])
+        rows.append([
+            i, s["run"], seen, s["status"], fmt(s["train_time_s"] / 3600, ".3f"), fmt(s["time_per_iter_ms"], ".1f"),
+            fmt(s["tokens_per_sec"], ",.0f"), fmt(s["tokens_per_hour"] / 1e6 if s["tokens_per_hour"] else None, ",.1f"),
+            fmt(100 * s["mfu_mean"] if s["mfu_mean"] is not None else None, ".1f"),
+            fmt(100 * s["mfu_median"] if s["mfu_median"] is not None else None, ".1f"),
+            fmt(s["final_loss"], ".4f"), fmt(s["final_val_loss"], ".4f"), fmt(s["peak_mem_gb"], ".2f"),
+        ])
+    return format_table(headers, rows, markdown=markdown)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------------
+PLOTS: list[tuple[str, str, list[str]]] = [
+    # (file stem, y label, train-record fields; loss also draws the eval records' val_loss)
+    ("loss", "loss", ["loss"]),
+    ("lr", "learning rate", ["lr"]),
+    ("tokens_per_sec", "tokens / s", ["tokens_per_sec"]),
+    ("mfu", "MFU", ["mfu"]),
+    ("memory", "GB", ["mem_peak_gb", "mem_allocated_gb", "mem_reserved_gb"]),
+    ("grad_norm", "grad norm", ["grad_norm"]),
+]
+
+
+def plot_runs(runs: list[tuple[str, list[dict]]], out_dir: str | Path) -> dict[str, Any]:
+    """One PNG per metric with every run as a line. A metric with no values in any run (MFU on CPU,
+    grad_norm under some backends) is skipped and reported, not drawn empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on training machines
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], {}
+    for stem, ylabel, fields in PLOTS:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        drawn = 0
+        for name, records in runs:
+            train = [r for r in records if r["type"] == "train" and isinstance(r.get("iter"), int)]
+            for field in fields:
+                pts = [(r["iter"], _num(r.get(field))) for r in train]
+                pts = [(i, v) for i, v in pts if v is not None]
+                if pts:
+                    label = name if len(fields) == 1 else f"{name} {field}"
+                    ax.plot(*zip(*pts), label=label, linewidth=1.2)
+                    drawn += 1
+            if stem == "loss":
+                val = [(r.get("iter"), _num(r.get("val_loss"))) for r in records if r["type"] == "eval"]
+                val = [(i, v) for i, v in val if i is not None and v is not None]
+                if val:
+                    ax.plot(*zip(*val), "o--", label=f"{name} val", markersize=4)
+                    drawn += 1
+        if not drawn:
+            plt.close(fig)
+            skipped[stem] = f"no {'/'.join(fields)} values in any run"
+            continue
+        if stem in ("lr", "grad_norm") and all(v > 0 for ln in ax.get_lines() for v in ln.get_ydata()):
+            ax.set_yscale("log")  # both span decades (warmup from ~0, early gradient spikes)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{stem}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return {"written": written, "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, plots: bool = True) -> dict:
+    """Summaries + ranking (+ plots); writes summary.md and summary.json to out_dir."""
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    logs = [resolve_log(d) for d in run_dirs]
+    out = Path(out_dir) if out_dir else logs[0].parent / "analysis"
+    summaries = rank_runs([summarize(log) for log in logs])
+    result: dict[str, Any] = {"runs": summaries, "out_dir": str(out)}
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        by_name = {s["log"]: s["run"] for s in summaries}
+        result["plots"] = plot_runs([(by_name[str(log)], read_log(log)[0]) for log in logs], out)
+    md = ["# Run analysis", "", summary_table(summaries, markdown=True), "",
+          "Training time excludes eval and checkpoint time (their records' time_ms are reported apart). "
+          "MFU is per GPU against the dense peak of training/hardware.py; '-' where the log has none (CPU)."]
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    write_json(result, str(out / "summary.json"))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.analysis", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (holding log.jsonl) or log files")
+    ap.add_argument("--out", metavar="DIR", help="where summary.md, summary.json and the plots go "
+                                                 "(default: <first run dir>/analysis/)")
+    ap.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' for stdout only)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = ap.parse_args(argv)
+    try:
+        result = analyze(args.runs, args.out, plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json == "-":
+        write_json(result, "-")
+        return 0
+    print(summary_table(result["runs"]))
+    for s in result["runs"]:
+        extra = [f"tokens {s['tokens']:,.0f}", f"eval time {s['eval_time_s']:.1f} s",
+                 f"checkpoint time {s['checkpoint_time_s']:.1f} s"]
+        if s["skipped_lines"]:
+            extra.append(f"{s['skipped_lines']} unreadable line(s) skipped")
+        if s["harness"]:
+            extra.append(f"harness {json.dumps(s['harness'])}")
+        print(f"  {s['run']}: " + ", ".join(extra))
+    plots = result.get("plots")
+    if plots:
+        print(f"\nplots: {len(plots['written'])} written to {result['out_dir']}"
+              + "".join(f"\n  skipped {k}: {v}" for k, v in plots["skipped"].items()))
+    print(f"summary: {result['out_dir']}/summary.md, summary.json")
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
