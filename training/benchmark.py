@@ -479,7 +479,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "dtype": args.dtype, "precision": args.precision, "warmup": args.warmup, "iters": args.iters,
             "rounds": args.rounds if args.interleave else 1, "interleave": args.interleave, "seed": args.seed,
             "optimizer": "training.optim.build_optimizer (AdamW; fused on CUDA)",
-            "loss_chunk_size": DecoderForCausalLM.loss_chunk_size,
+            "loss_chunk_size": getattr(DecoderForCausalLM, "loss_chunk_size", None),
         },
         "model": {
             "architecture": config.to_diff_dict(), "parameters": count_parameters(config)["total"],

@@ -163,39 +163,32 @@ class TrainMetrics:
 
 # ------------------------------------------------------------------------------------------------
 class LayerGradNorms:
-    """Per-layer gradient norms every N iterations, read just before the optimizer step.
+    """Per-layer gradient norms (before clipping) every N iterations.
 
-    A pre-hook on the base optimizer sees the accumulated, clipped gradients on every backend;
-    under DeepSpeed they live in ZeRO's flat buffers and `safe_get_full_grad` gathers them."""
+    Read in on_before_optimizer_step, when the reduced gradients exist on every backend: p.grad for
+    DDP/single process, ZeRO's partitioned buffers under DeepSpeed (`safe_get_full_grad` gathers
+    them: a collective, so every rank runs it)."""
 
     def __init__(self, interval: int):
         self.interval = interval
         self.norms: dict[str, torch.Tensor] = {}
 
-    def on_train_start(self, trainer) -> None:
-        if self.interval <= 0:
+    def on_before_optimizer_step(self, trainer) -> None:
+        if self.interval <= 0 or (trainer.state.iter + 1) % self.interval:
             return
-        named = list(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
         use_ds = is_deepspeed(trainer.accelerator)
-        base = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
-
-        def hook(optimizer, args, kwargs):
-            if (trainer.state.iter + 1) % self.interval:
-                return
-            if use_ds:
-                from deepspeed.utils import safe_get_full_grad
-            sums: dict[str, torch.Tensor] = {}
-            for name, p in named:
-                g = safe_get_full_grad(p) if use_ds else p.grad
-                if g is None:
-                    continue
-                if hasattr(g, "full_tensor"):  # FSDP2 DTensor
-                    g = g.full_tensor()
-                key = _layer_key(name)
-                sums[key] = sums.get(key, 0) + g.float().pow(2).sum()
-            self.norms = {k: v.sqrt() for k, v in sums.items()}
-
-        base.register_step_pre_hook(hook)
+        if use_ds:
+            from deepspeed.utils import safe_get_full_grad
+        sums: dict[str, torch.Tensor] = {}
+        for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters():
+            g = safe_get_full_grad(p) if use_ds else p.grad
+            if g is None:
+                continue
+            if hasattr(g, "full_tensor"):  # FSDP2 DTensor
+                g = g.full_tensor()
+            key = _layer_key(name)
+            sums[key] = sums.get(key, 0) + g.float().pow(2).sum()
+        self.norms = {k: v.sqrt() for k, v in sums.items()}
 
     def on_step_end(self, trainer, out) -> None:
         if self.norms and trainer.is_step(self.interval):

@@ -25,7 +25,8 @@ Sources (datasheets as published by NVIDIA):
   A6000  RTX A6000 datasheet + GA102 whitepaper appendix: "Tensor performance 309.7 TF" is FP16 WITH
          sparsity; dense FP16/BF16 with FP32 accumulate 154.8 TF (full rate on the pro card), TF32
          77.4, FP32 38.7.
-  L40S   L40S datasheet: BF16/FP16 733 TF* -> 362.05 dense, FP8 1466* -> 733, TF32 366* -> 183, FP32 91.6.
+  L40S   L40S datasheet: BF16/FP16 362.05 dense (733* sparse, as printed), FP8 733 (1466*), TF32 183
+         (366*), FP32 91.6.
   V100   V100 SXM2 datasheet: tensor FP16 125 TF, FP32 15.7 (the PCIe card: 112 / 14). No BF16/TF32.
   RTX 4090  Ada whitepaper appendix: FP16/BF16 with FP32 accumulate 165.2 TF dense (GeForce cards run
          FP32-accumulate at half the FP16-accumulate rate of 330.3), FP8 (FP32 acc.) 330.3, TF32 82.6,

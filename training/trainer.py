@@ -1,7 +1,7 @@
 """The training loop, and only the loop.
 
 One optimizer step = `grad_accum_steps` micro-batches: forward -> backward (accumulate) -> clip ->
-optimizer step -> LR schedule step, visible in `train_step`. Everything cross-cutting (logging,
+optimizer step -> LR schedule step, visible in `train_step` and `_backward_and_step`. Everything cross-cutting (logging,
 throughput/MFU, memory, gradient norms, validation, checkpoints, profiling, harness evals) is a
 callback in `callbacks.py` that reads the `StepOutput` this loop returns. No host syncs here:
 losses and norms stay tensors until a callback reads them on a log step.
@@ -78,7 +78,6 @@ class Trainer:
         self.model.train()
         device = self.accelerator.device
         loss_sum = torch.zeros((), device=device)
-        grad_norm = None
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(self.grad_accum_steps):
             with nvtx("data_fetch"):
@@ -89,18 +88,44 @@ class Trainer:
             with self.accelerator.accumulate(self.model):
                 with nvtx("forward"):
                     loss = self.model(input_ids=x, shift_labels=y).loss
-                with nvtx("backward"):
-                    self.accelerator.backward(loss)  # under DeepSpeed also clips + steps at the boundary
                 loss_sum += loss.detach()
-                if self.accelerator.sync_gradients and self.cfg.grad_clip > 0 and not is_deepspeed(self.accelerator):
-                    with nvtx("clip"):
-                        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                with nvtx("opt_step"):
-                    self.optimizer.step()  # a no-op until the accumulation boundary
-                    self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = self._backward_and_step(loss) if self.accelerator.sync_gradients else self._backward(loss)
         with nvtx("sched_step"):
             self.scheduler.step()
         return StepOutput(loss=loss_sum / self.grad_accum_steps, lr=lr, grad_norm=grad_norm)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        with nvtx("backward"):
+            if is_deepspeed(self.accelerator):
+                self.model.set_gradient_accumulation_boundary(is_boundary=False)
+                self.model.backward(loss)  # scales by 1/accumulation itself
+            else:
+                self.accelerator.backward(loss)
+
+    def _backward_and_step(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
+        """The last micro-batch: backward (gradients reduced), callbacks may read them, clip, step, zero."""
+        grad_norm = None
+        if is_deepspeed(self.accelerator):
+            # accelerate's DeepSpeed backward, split open so that callbacks see the reduced gradients
+            # before the engine's step (which clips by the DS config's gradient_clipping, steps, zeroes).
+            engine = self.model
+            with nvtx("backward"):
+                engine.set_gradient_accumulation_boundary(is_boundary=True)
+                engine.backward(loss)
+            self._emit("on_before_optimizer_step")
+            with nvtx("opt_step"):
+                engine.step()
+            return None
+        with nvtx("backward"):
+            self.accelerator.backward(loss)
+        self._emit("on_before_optimizer_step")
+        if self.cfg.grad_clip > 0:
+            with nvtx("clip"):
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        with nvtx("opt_step"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -1,0 +1,78 @@
+"""Recipes and overrides, derived batch arithmetic, the LR schedule and decay groups (no launches)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.config import TrainConfig, load_config, parse_overrides
+from training.optim import build_optimizer, lr_at, param_groups
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_loads_and_its_model_exists(recipe):
+    from modeling import DecoderConfig
+
+    cfg = load_config(str(recipe))
+    DecoderConfig.from_preset(cfg.preset, **cfg.model_overrides)
+
+
+def test_seed_recipe_qwen3_8xb200():
+    cfg = load_config("training/recipes/qwen3_1.8b_8xb200.yaml")
+    assert (cfg.preset, cfg.seq_len, cfg.micro_batch_size, cfg.max_iters) == ("qwen3-1.8b", 2048, 22, 162_000)
+    assert cfg.grad_accum_steps(world_size=8) == 2  # micro 22 x 8 GPUs x 2 = 352 sequences = 720,896 tokens
+    assert (cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.weight_decay, cfg.grad_clip) == (4e-4, 4e-5, 2000, 0.1, 1.0)
+    assert (cfg.beta1, cfg.beta2, cfg.precision) == (0.9, 0.95, "bf16")
+
+
+def test_overrides_are_typed():
+    o = parse_overrides(["--max_iters=8", "--lr=3e-4", "--compile", "--out_dir", "runs/x", "--resume=auto"])
+    assert o == {"max_iters": 8, "lr": "3e-4", "compile": True, "out_dir": "runs/x", "resume": "auto"}
+    cfg = load_config(None, o)
+    assert cfg.lr == 3e-4 and cfg.max_iters == 8 and cfg.compile is True
+    with pytest.raises(ValueError, match=r"max_iters='ten'.*expected int"):
+        load_config(None, {"max_iters": "ten"})
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown recipe key 'max_iter' in the command line; did you mean max_iters"):
+        load_config(None, {"max_iter": 3})
+    bad = tmp_path / "r.yaml"
+    bad.write_text("preset: tiny-llama\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown recipe key 'learning_rate' in .*r\.yaml"):
+        load_config(str(bad))
+
+
+def test_accumulation_is_derived_and_checked():
+    cfg = TrainConfig(micro_batch_size=4, global_batch_tokens=8 * 256, seq_len=256)
+    assert cfg.grad_accum_steps(world_size=1) == 2 and cfg.grad_accum_steps(world_size=2) == 1
+    cfg = TrainConfig(micro_batch_size=3, global_batch_size=16)
+    with pytest.raises(ValueError, match=r"not divisible by micro_batch_size=3 x world_size=2 = 6.*\[1, 2, 4, 8\]"):
+        cfg.grad_accum_steps(world_size=2)
+    with pytest.raises(ValueError, match="not a multiple of seq_len"):
+        TrainConfig(global_batch_tokens=1000, seq_len=256).validate()
+
+
+def test_lr_schedule_by_hand():
+    # warmup 10 to 1e-3, cosine to 1e-4 at step 110
+    assert lr_at(0, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-4)
+    assert lr_at(9, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-3)
+    assert lr_at(60, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-4 + 0.5 * 0.9e-3)  # half way: cos(pi/2) = 0
+    assert lr_at(110, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-4)
+    assert lr_at(500, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-4)
+
+
+def test_weight_decay_only_on_matrices():
+    from modeling import DecoderConfig, DecoderForCausalLM
+
+    model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-gpt2"))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} == {"bias", "weight"}
+    assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    opt = build_optimizer(model, 1e-3)
+    assert not opt.defaults.get("fused")  # CPU parameters: the fused kernel is for CUDA
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))  # tied head counted once

@@ -1,0 +1,296 @@
+"""Measure (micro-batch, accumulation) pairs at one global batch and pick the fastest that fits.
+
+    python -m training.sweep                                   # tiny-llama on CPU, global batch 16
+    python -m training.sweep --preset qwen3-1.8b --device cuda --dtype bf16 --seq-len 2048 \\
+        --global-batch 64 --micro-batches 1,2,4,8,16 --iters 5 --json sweep.json
+    python -m training.sweep --data data/demo ...              # real tokens (data_prep.PackedTokenDataset)
+
+Every configuration trains a freshly initialised model (same seed) for `--iters` optimizer steps of
+`global_batch` sequences = micro_batch x accumulation, and times each phase of a step:
+data (fetch + copy to the device), forward, backward (summed over the micro-batches) and the
+optimizer step (step + zero_grad). On CUDA every phase boundary is a torch.cuda.synchronize(), so the
+breakdown is exact at the price of a few idle microseconds per phase (the trainer itself does not
+sync per step). The first `--warmup` steps (allocator growth, kernel autotuning) are not measured.
+
+A configuration that runs out of memory (torch.cuda.OutOfMemoryError, or the CPU allocator's
+"can't allocate memory") is reported as not fitting and the sweep goes on. This is a single-process
+measurement: it says which micro-batch is fastest per GPU, not what communication will cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import statistics
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from modeling import DecoderConfig, DecoderForCausalLM, PRESETS, flops_per_token
+
+from .analysis import fmt, format_table, write_json
+from .optim import build_optimizer
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    return isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+
+
+def random_batches(vocab_size: int, micro_batch: int, seq_len: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, next-token labels) of uniformly random tokens: the cost of a step does not depend on the values."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        tokens = torch.randint(0, vocab_size, (micro_batch, seq_len + 1), generator=g)
+        yield tokens[:, :-1], tokens[:, 1:]
+
+
+def dataset_batches(data_dir: str, micro_batch: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stacks of `micro_batch` samples from data_prep.PackedTokenDataset(DIR, seq_len, split="train")."""
+    from data_prep import PackedTokenDataset  # optional: only with --data
+
+    samples = iter(PackedTokenDataset(data_dir, seq_len=seq_len, split="train"))
+    while True:
+        pairs = [next(samples) for _ in range(micro_batch)]
+        yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def data_vocab_size(data_dir: str) -> int:
+    """The tokenizer's vocabulary from the data manifest, padded to a multiple of 128 (as training does)."""
+    from data_prep import load_manifest
+
+    vocab = int(load_manifest(data_dir)["tokenizer"]["vocab_size"])
+    return math.ceil(vocab / 128) * 128
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # deliberate sync: phase timing needs the GPU to have finished
+
+
+def measure(
+    config: DecoderConfig,
+    *,
+    micro_batch: int,
+    accum: int,
+    seq_len: int,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    dtype: str,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    lr: float = 3e-4,
+    seed: int = 0,
+    on_step: Callable[[], None] | None = None,
+) -> dict:
+    """Train `iters` steps of micro_batch x accum sequences; per-phase milliseconds per step (mean over
+    the steps after `warmup`), tokens/s, peak memory. Raises the OOM error for the caller to classify."""
+    torch.manual_seed(seed)
+    model = optimizer = None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    steps: list[dict[str, float]] = []
+    loss = None
+    try:
+        model = DecoderForCausalLM(config).to(device).train()
+        optimizer = build_optimizer(model, lr=lr)
+        for _ in range(iters):
+            t = dict.fromkeys(PHASES, 0.0)
+            for _ in range(accum):
+                _sync(device)
+                t0 = time.perf_counter()
+                x, y = next(batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                _sync(device)
+                t1 = time.perf_counter()
+                with autocast:
+                    loss = model(input_ids=x, shift_labels=y).loss / accum
+                _sync(device)
+                t2 = time.perf_counter()
+                loss.backward()
+                _sync(device)
+                t3 = time.perf_counter()
+                t["data"] += t1 - t0
+                t["forward"] += t2 - t1
+                t["backward"] += t3 - t2
+            t0 = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            t["optimizer"] = time.perf_counter() - t0
+            steps.append(t)
+            if on_step:
+                on_step()
+        measured = steps[warmup:] if len(steps) > warmup else steps[-1:]
+        per_phase = {p: 1000 * statistics.fmean(s[p] for s in measured) for p in PHASES}
+        step_ms = sum(per_phase.values())
+        tokens = micro_batch * accum * seq_len
+        return {
+            "status": "ok", "measured_steps": len(measured),
+            "step_ms": step_ms, **{f"{p}_ms": v for p, v in per_phase.items()},
+            "tokens_per_sec": tokens / (step_ms / 1000),
+            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "final_loss": float(loss.detach()) * accum if loss is not None else None,  # sync: once, at the end
+        }
+    finally:
+        del model, optimizer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def sweep(
+    preset: str = "tiny-llama",
+    *,
+    global_batch: int = 16,
+    micro_batches: Sequence[int] = (1, 2, 4, 8),
+    seq_len: int = 128,
+    iters: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    data: str | None = None,
+    attn: str = "auto",
+    lr: float = 3e-4,
+    progress: bool = True,
+) -> dict:
+    """Measure every micro-batch that divides `global_batch`; return the rows and the fastest that fits."""
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"--dtype must be fp32 or bf16 (autocast over fp32 weights), got {dtype!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
+    if iters < 1 or global_batch < 1:
+        raise ValueError(f"--iters and --global-batch must be >= 1 (got {iters}, {global_batch})")
+    overrides: dict[str, Any] = {"attn_implementation": attn}
+    if data:
+        overrides["vocab_size"] = data_vocab_size(data)
+    config = DecoderConfig.from_preset(preset, **overrides)
+    if seq_len > config.max_position_embeddings and config.position_embedding == "learned":
+        raise ValueError(f"--seq-len {seq_len} exceeds {preset}'s learned position table ({config.max_position_embeddings})")
+
+    total_steps = iters * sum(1 for m in micro_batches if global_batch % m == 0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, desc="sweep", unit="step", leave=False)
+    rows = []
+    for m in micro_batches:
+        row: dict[str, Any] = {"micro_batch": m, "accum": global_batch // m if global_batch % m == 0 else None}
+        if global_batch % m:
+            row.update(status="skipped", reason=f"{m} does not divide the global batch {global_batch}")
+            rows.append(row)
+            continue
+        if bar:
+            bar.set_postfix_str(f"micro-batch {m} x {row['accum']}")
+        batches = dataset_batches(data, m, seq_len) if data else random_batches(config.vocab_size, m, seq_len)
+        done = [0]
+
+        def step_done() -> None:
+            done[0] += 1
+            if bar:
+                bar.update()
+
+        try:
+            row.update(measure(config, micro_batch=m, accum=row["accum"], seq_len=seq_len, iters=iters, warmup=warmup,
+                               device=dev, dtype=dtype, batches=batches, lr=lr, on_step=step_done))
+        except Exception as exc:  # noqa: BLE001 - only OOM is classified; anything else propagates
+            if not _is_oom(exc):
+                raise
+            row.update(status="OOM", reason=str(exc).splitlines()[0][:200])
+            if bar:
+                bar.update(iters - done[0])
+        rows.append(row)
+    if bar:
+        bar.close()
+    fitting = [r for r in rows if r["status"] == "ok"]
+    best = max(fitting, key=lambda r: r["tokens_per_sec"]) if fitting else None
+    return {
+        "preset": preset, "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": dtype, "attn_implementation": attn, "data": data or "random tokens", "global_batch": global_batch,
+        "seq_len": seq_len, "tokens_per_step": global_batch * seq_len, "iters": iters, "warmup": warmup,
+        "flops_per_token": flops_per_token(config, seq_len), "rows": rows,
+        "best": {"micro_batch": best["micro_batch"], "accum": best["accum"], "tokens_per_sec": best["tokens_per_sec"]} if best else None,
+    }
+
+
+def format_sweep(result: dict) -> str:
+    headers = ["micro", "accum", "status", "tokens/s", "step ms", "data ms", "fwd ms", "bwd ms", "opt ms", "peak GiB", "loss"]
+    rows = []
+    for r in result["rows"]:
+        mark = " *" if result["best"] and r["micro_batch"] == result["best"]["micro_batch"] and r["status"] == "ok" else ""
+        rows.append([
+            f"{r['micro_batch']}{mark}", fmt(r.get("accum"), "d"), r["status"], fmt(r.get("tokens_per_sec"), ",.0f"),
+            fmt(r.get("step_ms"), ".1f"), fmt(r.get("data_ms"), ".2f"), fmt(r.get("forward_ms"), ".1f"),
+            fmt(r.get("backward_ms"), ".1f"), fmt(r.get("optimizer_ms"), ".1f"), fmt(r.get("peak_mem_gib"), ".2f"),
+            fmt(r.get("final_loss"), ".4f"),
+        ])
+    head = (f"{result['preset']} on {result['device_name']} ({result['dtype']}, attention {result['attn_implementation']}), "
+            f"global batch {result['global_batch']} x {result['seq_len']} tokens, {result['iters']} steps "
+            f"({result['warmup']} warm-up not measured), data: {result['data']}")
+    lines = [head, format_table(headers, rows)]
+    if result["best"]:
+        b = result["best"]
+        lines.append(f"fastest that fits (*): micro-batch {b['micro_batch']} x {b['accum']} accumulation, "
+                     f"{b['tokens_per_sec']:,.0f} tokens/s")
+    else:
+        lines.append("no configuration fits: lower --micro-batches or --seq-len")
+    lines += [f"  micro-batch {r['micro_batch']}: {r['status']}: {r['reason']}" for r in result["rows"] if r.get("reason")]
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"micro-batches must be positive integers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny-llama", help=f"one of: {', '.join(sorted(PRESETS))} (default tiny-llama)")
+    ap.add_argument("--global-batch", type=int, default=16, help="sequences per optimizer step (default 16)")
+    ap.add_argument("--micro-batches", type=_ints, default=[1, 2, 4, 8], help="comma list (default 1,2,4,8)")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    ap.add_argument("--iters", type=int, default=5, help="optimizer steps per configuration (default 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="first steps not measured (default 1)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="fp32, or bf16 autocast (default fp32)")
+    ap.add_argument("--attn", default="auto", choices=["auto", "eager", "sdpa", "flash_attention_2"],
+                    help="attention backend (default auto)")
+    ap.add_argument("--data", metavar="DIR", help="a data_prep output directory (default: random tokens)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    ap.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' for JSON on stdout only)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        result = sweep(args.preset, global_batch=args.global_batch, micro_batches=args.micro_batches,
+                       seq_len=args.seq_len, iters=args.iters, warmup=args.warmup, device=args.device,
+                       dtype=args.dtype, data=args.data, attn=args.attn, lr=args.lr,
+                       progress=not args.no_progress and args.json != "-")
+    except (ValueError, KeyError, ImportError, FileNotFoundError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    if args.json == "-":
+        write_json(result, "-")
+        return 0
+    print(format_sweep(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
