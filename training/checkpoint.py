@@ -73,7 +73,7 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
         if trainer.tokenizer is not None:
             trainer.tokenizer.save_pretrained(tmp / "model")
         if export_hf:
-            _export_native(tmp / "model", tmp / "hf")
+            _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf")
         write_json_atomic(tmp / "trainer_state.json", trainer.state.to_dict() | {"world_size": acc.num_processes})
         if final.exists():  # the same iteration saved again (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
@@ -83,17 +83,17 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     return final
 
 
-def _export_native(model_dir: Path, out: Path) -> None:
-    """Reload what was just saved (validates it) and write the native transformers export."""
-    from transformers import AutoTokenizer
+def _export_native(config, state_dict, tokenizer, out: Path) -> None:
+    """The native transformers export, from the gathered full state (rank 0 only: under ZeRO-3,
+    `from_pretrained` would enter DeepSpeed's zero.Init, a collective the other ranks never join)."""
+    from transformers.initialization import no_init_weights
 
     from modeling import DecoderForCausalLM, NotExportableError, export_hf
 
-    model = DecoderForCausalLM.from_pretrained(model_dir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError):
-        tokenizer = None
+    with no_init_weights():
+        model = DecoderForCausalLM(config)
+    model.load_state_dict({k: v.to("cpu") for k, v in state_dict.items()}, strict=False)
+    model.tie_weights()
     try:
         export_hf(model, out, tokenizer=tokenizer)
     except NotExportableError as exc:  # e.g. gpt2-1.36b's decoupled head_dim: keep our format only

@@ -133,3 +133,18 @@ def test_fsdp_config_on_cpu_is_refused_not_silently_ddp(demo_data, tmp_path):
     code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"), timeout=300)
     assert code != 0
     assert "FSDP needs CUDA devices" in log
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_other_zero_stages_by_config_file_only(demo_data, tmp_path, single_process_reference, stage):
+    """Switching ZeRO stage is a change of the accelerate config's deepspeed_config_file, nothing else."""
+    repo = Path(__file__).resolve().parents[2]
+    yaml = (repo / "accelerate_configs" / "cpu.yaml").read_text().replace("ds_configs/zero1.json", f"ds_configs/zero{stage}.json")
+    cfg = tmp_path / f"zero{stage}.yaml"
+    cfg.write_text(yaml)
+    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"))
+    assert code == 0, log[-3000:]
+    config = read_log(tmp_path / "run")[0]
+    assert config["distributed_type"] == "DEEPSPEED" and config["ds_stage"] == stage and config["world_size"] == 2
+    _assert_same_curve(train_losses(tmp_path / "run"), single_process_reference)
+    assert (tmp_path / "run" / "checkpoints" / f"iter_{ITERS:06d}" / "model" / "model.safetensors").exists()
