@@ -1,0 +1,115 @@
+"""What a training run's files say about a checkpoint: for model cards.
+
+Reads `OUT/log.jsonl` (a "config" record, then "train", "eval", "checkpoint", ... records; see
+DESIGN.md) and, when the config record names it, the data manifest (`<data dir>/manifest.json`)
+for the Hub datasets the corpus came from. A run may still be going or have been killed, so
+unreadable lines are skipped with a warning naming file and line rather than failing the export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunLog:
+    path: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the last "config" record (a resume writes a new one)
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_run_log(path: Path | None) -> RunLog:
+    run = RunLog(path=path)
+    if path is None or not path.is_file():
+        return run
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            log.warning("%s:%d: skipping unreadable line (%s)", path, lineno, e.msg)
+            continue
+        kind = rec.get("type") if isinstance(rec, dict) else None
+        if kind == "config":
+            run.config = rec
+        elif kind == "train":
+            run.train.append(rec)
+        elif kind == "eval":
+            run.evals.append(rec)
+    return run
+
+
+def _median(values: list[Any]) -> float | None:
+    nums = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.median(nums) if nums else None
+
+
+def _hub_datasets(config: dict[str, Any], run_dir: Path | None) -> list[str]:
+    """Hub dataset names from the data manifest's sources (data_prep writes {"kind": "hub", "name"})."""
+    data = config.get("data")
+    data_dir = data.get("dir") if isinstance(data, dict) else None
+    if not data_dir:
+        return []
+    candidates = [Path(data_dir)] + ([run_dir.parent / data_dir, Path.cwd() / data_dir] if run_dir else [])
+    for d in candidates:
+        manifest = d / "manifest.json"
+        if manifest.is_file():
+            try:
+                sources = json.loads(manifest.read_text(encoding="utf-8")).get("sources", [])
+            except (json.JSONDecodeError, AttributeError):
+                log.warning("%s: unreadable manifest; datasets left out of the model card", manifest)
+                return []
+            sources = sources if isinstance(sources, list) else [sources]
+            names = [s.get("name") for s in sources if isinstance(s, dict) and s.get("kind") == "hub"]
+            return [str(n).split("[")[0] for n in names if n]
+    return []
+
+
+def training_summary(run_dir: Path | None, trainer_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Figures for the model card; every value may be None when the run's files do not say.
+
+    Speed figures are medians over the train records up to the checkpoint, without the first
+    (it includes compilation and warm-up).
+    """
+    run = read_run_log(run_dir / "log.jsonl" if run_dir else None)
+    state = trainer_state or {}
+    upto = state.get("iter")
+    train = [r for r in run.train if upto is None or r.get("iter", 0) <= upto]
+    steady = train[1:] if len(train) > 1 else train
+    cfg = run.config
+    last = train[-1] if train else {}
+    evals = [r for r in run.evals if upto is None or r.get("iter", 0) <= upto]
+    tokens = state.get("tokens") if state.get("tokens") is not None else last.get("tokens")
+    if tokens is None and upto is not None and cfg.get("tokens_per_iter"):
+        tokens = upto * cfg["tokens_per_iter"]
+    world = cfg.get("world_size")
+    device = cfg.get("device")
+    return {
+        "log": str(run.path) if run.path and run.path.is_file() else None,
+        "iter": upto if upto is not None else last.get("iter"),
+        "tokens": tokens,
+        "seq_len": cfg.get("seq_len"),
+        "tokens_per_iter": cfg.get("tokens_per_iter"),
+        "precision": cfg.get("precision"),
+        "hardware": f"{world} x {device}" if world and device else device,
+        "distributed": cfg.get("distributed_type"),
+        "zero_stage": cfg.get("ds_stage"),
+        "tokens_per_sec": _median([r.get("tokens_per_sec") for r in steady]),
+        "mfu": _median([r.get("mfu") for r in steady]),
+        "tflops": _median([r.get("tflops") for r in steady]),
+        "mem_peak_gb": max((r["mem_peak_gb"] for r in train if isinstance(r.get("mem_peak_gb"), (int, float))), default=None),
+        "train_loss": last.get("loss"),
+        "val_loss": evals[-1].get("val_loss") if evals else None,
+        "preset": (cfg.get("model") or {}).get("preset") if isinstance(cfg.get("model"), dict) else None,
+        "datasets": _hub_datasets(cfg, run_dir),
+        "data_dir": cfg["data"].get("dir") if isinstance(cfg.get("data"), dict) else None,
+    }
