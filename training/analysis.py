@@ -68,6 +68,16 @@ def fmt(value: Any, spec: str = ".3f", none: str = "-") -> str:
     return format(value, spec)
 
 
+def duration(seconds: float | None) -> str:
+    """12.3 s / 4.5 min / 3.21 h / 2.10 d: readable at every run length."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.2f} {unit}"
+    return f"{seconds:.1f} s"
+
+
 def write_json(obj: Any, target: str | None) -> None:
     """--json FILE writes a file, --json - prints to stdout."""
     text = json.dumps(obj, indent=2, default=str)
@@ -243,13 +253,13 @@ def rank_runs(summaries: list[dict]) -> list[dict]:
 
 
 def summary_table(summaries: list[dict], markdown: bool = False) -> str:
-    headers = ["rank", "run", "iters", "status", "train h", "ms/iter", "tok/s", "Mtok/h", "MFU mean",
+    headers = ["rank", "run", "iters", "status", "train time", "ms/iter", "tok/s", "Mtok/h", "MFU mean",
                "MFU median", "loss", "val loss", "peak GB"]
     rows = []
     for i, s in enumerate(summaries, 1):
         seen = f"{s['iters']}/{s['max_iters']}" if s.get("max_iters") is not None else str(s["iters"])
         rows.append([
-            i, s["run"], seen, s["status"], fmt(s["train_time_s"] / 3600, ".3f"), fmt(s["time_per_iter_ms"], ".1f"),
+            i, s["run"], seen, s["status"], duration(s["train_time_s"]), fmt(s["time_per_iter_ms"], ".1f"),
             fmt(s["tokens_per_sec"], ",.0f"), fmt(s["tokens_per_hour"] / 1e6 if s["tokens_per_hour"] else None, ",.1f"),
             fmt(100 * s["mfu_mean"] if s["mfu_mean"] is not None else None, ".1f"),
             fmt(100 * s["mfu_median"] if s["mfu_median"] is not None else None, ".1f"),
@@ -288,18 +298,19 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out_dir: str | Path) -> dict[s
         drawn = 0
         for name, records in runs:
             train = [r for r in records if r["type"] == "train" and isinstance(r.get("iter"), int)]
-            for field in fields:
+            color = None  # one colour per run; its fields / val loss differ by line style
+            for field, style in zip(fields, ("-", "--", ":")):
                 pts = [(r["iter"], _num(r.get(field))) for r in train]
                 pts = [(i, v) for i, v in pts if v is not None]
                 if pts:
                     label = name if len(fields) == 1 else f"{name} {field}"
-                    ax.plot(*zip(*pts), label=label, linewidth=1.2)
+                    color = ax.plot(*zip(*pts), style, label=label, linewidth=1.2, color=color)[0].get_color()
                     drawn += 1
             if stem == "loss":
                 val = [(r.get("iter"), _num(r.get("val_loss"))) for r in records if r["type"] == "eval"]
                 val = [(i, v) for i, v in val if i is not None and v is not None]
                 if val:
-                    ax.plot(*zip(*val), "o--", label=f"{name} val", markersize=4)
+                    ax.plot(*zip(*val), "o--", label=f"{name} val", markersize=4, color=color)
                     drawn += 1
         if not drawn:
             plt.close(fig)

@@ -16,7 +16,7 @@ Conventions (stated once, used everywhere below):
   2024, "Reconciling Kaplan and Chinchilla scaling laws", trace most of the two papers' disagreement
   to that difference). The non-embedding count is shown next to it for reference.
 - Predicted loss is Hoffmann et al.'s approach-3 fit L(N, D) = E + A/N^alpha + B/D^beta with
-  E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28 (their eq. 10). It is a fit to MassiveText
+  E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28 (their section 3.3). It is a fit to MassiveText
   with their tokenizer: compare architectures and budgets with it, do not expect your loss values.
 - Compute: the closed form uses C = 6*N*D (Kaplan's approximation, as Hoffmann's closed form does);
   the architecture grid uses this repo's FLOPs per token (modeling.flops_per_token: 6*N_matmul +
@@ -41,7 +41,7 @@ GIB = 2**30
 # ================================================================================================
 # Chinchilla
 # ================================================================================================
-# Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", approach 3 (eq. 10).
+# Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", approach 3 (section 3.3).
 CHINCHILLA_FIT = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 TOKENS_PER_PARAM = 20.0  # the "20 tokens per parameter" rule read off Hoffmann et al.'s table 3
 COMPLIANT_BAND = 0.25  # D/N within +-25% of 20 counts as compute-optimal ("compliant")
@@ -223,10 +223,18 @@ def optimal(
     per_family = {}
     for r in feasible:
         per_family.setdefault(r["family"], r)
-    notes = []
     best = feasible[0]
-    if best["hidden"] == GRID_HIDDEN[-1] and best["layers"] == max(l for l in GRID_LAYERS if GRID_HIDDEN[-1] / l >= GRID_ASPECT[0]):
-        notes.append("the unconstrained optimum is the grid's largest model: the budget wants a bigger one")
+    notes = [
+        "the fit sees only N and D: shape enters through FLOPs/token alone. Input embeddings count in N but "
+        "cost no FLOPs, and attention's 12*L*h*S per token shrinks relative to the weights' ~72*L*h^2 as h "
+        "grows, so large-vocabulary (qwen3) and wide-shallow shapes rank first; losses that differ in the "
+        "3rd decimal are within the fit's noise.",
+        f"closed form vs grid: the closed form prices every parameter at 6 FLOPs/token; the grid's best has "
+        f"{best['flops_per_token'] / (6 * best['n_params']):.2f}x that (embeddings free, attention and LM head "
+        "counted), hence a different N and D.",
+    ]
+    if best["n_params"] >= 0.9 * max(r["n_params"] for r in grid):
+        notes.append("the unconstrained optimum is at the grid's largest models: the budget wants bigger ones")
     if not constrained:
         notes.append(f"no grid architecture satisfies {band_name} at this budget")
     result = {
@@ -241,6 +249,13 @@ def optimal(
         "notes": notes,
     }
     if abs(flops / 1.36e21 - 1) < 0.01:
+        ratios = [6 * n * d / flops for _, n, d in SEED_RESULTS_1_36E21]
+        per_param = [flops / (n * d) for _, n, d in SEED_RESULTS_1_36E21]
+        notes.append(
+            "the seed's pairs are neither at C = 6ND (6ND/C = " + ", ".join(f"{x:.2f}" for x in ratios) + ") nor at "
+            "one FLOPs-per-parameter-token figure (C/(ND) = " + ", ".join(f"{x:.2f}" for x in per_param) + "), so "
+            "they were counted differently; scored with this fit both predict a higher loss than the grid's best"
+        )
         result["seed_comparison"] = [
             {"name": name, "n_params": n, "tokens": d, "tokens_per_param": d / n, "loss": chinchilla_loss(n, d),
              "flops_6nd": 6 * n * d}
@@ -262,11 +277,12 @@ STRATEGY_HELP = {
     "fsdp": "PyTorch FSDP2 full shard, bf16 compute over fp32 sharded parameters",
 }
 ATTENTION_BACKENDS = {"flash": "flash", "flash_attention_2": "flash", "sdpa": "sdpa", "eager": "eager"}
-CUDA_CONTEXT_GIB = 1.0  # CUDA context + kernels (~0.5 GiB for a torch process) + cuBLAS/NCCL workspaces
+CUDA_CONTEXT_GIB = 1.0  # CUDA context + loaded kernels (roughly 0.5 GiB per torch process) + cuBLAS/NCCL workspaces
 FRAGMENTATION = 0.05  # caching-allocator slack: reserved exceeds allocated by a few % in steady training
 # DeepSpeed knobs as this repo's ds_configs set them (elements, not bytes).
 DS_REDUCE_BUCKET = 5e8  # reduce_bucket_size in zero1/2/3.json
 DS_MAX_LIVE_PARAMETERS = 1e9  # stage3_max_live_parameters in zero3.json
+LOSS_CHUNK_SIZE = 1024  # tokens per chunk of modeling.losses.linear_cross_entropy (DecoderForCausalLM.loss_chunk_size)
 
 
 def _norm_bytes(config: DecoderConfig, width: int, e: int, r: int) -> int:
@@ -289,6 +305,8 @@ def activation_memory(
     residual_bytes: int = 2,
     attention: str = "flash",
     checkpointing: bool = False,
+    loss: str = "plain",
+    loss_chunk_size: int = LOSS_CHUNK_SIZE,
 ) -> dict:
     """Activation bytes of one micro-batch: the per-layer, per-token formula and the totals.
 
@@ -309,11 +327,22 @@ def activation_memory(
                    fallback keeps e-byte ones; FlashAttention regenerates its dropout mask)
     With r = e = 2, eager attention, a 4h GELU MLP, LayerNorm and dropout this is 34h + 7as bytes: Korthikanti's
     34sbh exactly, and 7as instead of 5as because our softmax is computed in fp32.
-    Once per token: final norm, token ids (8), the fp32 log-softmax the loss keeps (4V) and targets (8).
-    Peak: the saved tensors plus the larger of the loss's backward working set (fp32 gradients of the
-    log-probs and of the logits, 8V per token, alive while every layer is still saved) and one layer's
-    activation gradients. With checkpointing only each block's input (r*h) is kept; one block is
-    recomputed at a time (its activations + their gradients: 2 layers' worth)."""
+    Once per token: final norm, token ids (8), and the loss head, which depends on `loss`:
+      plain    model(...).loss as training/trainer.py calls it: bf16 logits, an fp32 copy, cross_entropy.
+               Keeps the fp32 log-softmax (4V) and the targets (8); its backward working set, fp32
+               gradients of the log-probs and of the logits (8V per token), coexists with every
+               layer's saved tensors at the start of backward.
+      chunked  model(..., return_logits=False): modeling.losses.linear_cross_entropy computes loss and
+               gradients chunk by chunk in the forward and keeps only d/dhidden (e*h, in place of the
+               head matmul's saved input) and d/dweight (fp32, 4*V*h per micro-batch); its transient is
+               one chunk of logits and fp32 log-probs, chunk*V*(e + 4), + an e-byte V*h matmul result
+               (+ the autocast bf16 copy of the head weight under DDP).
+    Peak: the saved tensors plus the larger of the loss's working set and one layer's activation
+    gradients. With checkpointing only each block's input (r*h) is kept; one block is recomputed at a
+    time (its activations + their gradients: 2 layers' worth).
+
+    The saved-tensor part is checked byte for byte against what autograd saves on CPU, for every
+    family, precision and backend (tests/training/test_planning.py); the backward working set is a model."""
     attention = ATTENTION_BACKENDS.get(attention, attention)
     if attention not in ("flash", "sdpa", "eager"):
         raise ValueError(f"unknown attention backend {attention!r}; choose flash, sdpa or eager")
@@ -345,7 +374,11 @@ def activation_memory(
         terms["dropout masks"] = 2 * h + (a * s if attention == "eager" else 0)
     layer = sum(terms.values())
 
-    head = {"final norm": _norm_bytes(config, h, e, r), "token ids": 8, "log-softmax (fp32) + targets": 4 * V + 8}
+    if loss not in ("plain", "chunked"):
+        raise ValueError(f"unknown loss path {loss!r}; choose plain (model(...).loss) or chunked (return_logits=False)")
+    head = {"final norm": _norm_bytes(config, h, e, r), "token ids": 8}
+    if loss == "plain":
+        head["log-softmax (fp32) + targets"] = 4 * V + 8
     if config.dropout > 0:
         head["embedding dropout mask"] = h
     head_bytes = sum(head.values())
@@ -357,17 +390,23 @@ def activation_memory(
     mask = s * s if attention == "eager" else 0  # the causal bool mask each eager layer builds
 
     tokens = micro_batch * seq_len
-    loss_backward = 8 * V
+    if loss == "plain":
+        loss_working = tokens * 8 * V
+    else:
+        per_batch["chunked loss: fp32 d/d(head weight)"] = 4 * V * h
+        loss_working = min(loss_chunk_size, tokens) * V * (e + 4) + (e * V * h if e != 4 else 0) \
+            + (e * V * h if r != e else 0)  # autocast: bf16 copy of the fp32 head weight
     if checkpointing:
         saved = tokens * (L * r * h + head_bytes) + sum(per_batch.values())
-        working = max(tokens * loss_backward, 2 * (tokens * layer + mask))
-        kept = f"block inputs only ({r}*h per layer per token) + one recomputed block"
+        working = max(loss_working, 2 * (tokens * layer + mask))
+        kept = f"block inputs only, {r}*h per layer per token; the recomputed block is in the working set"
     else:
         saved = tokens * (L * layer + head_bytes) + sum(per_batch.values()) + L * mask
-        working = max(tokens * loss_backward, tokens * layer + mask)
+        working = max(loss_working, tokens * layer + mask)
         kept = "every layer's saved tensors"
     return {
         "attention": attention, "compute_bytes": e, "residual_bytes": r, "checkpointing": checkpointing, "kept": kept,
+        "loss": loss, "loss_working_bytes": loss_working,
         "per_layer_per_token_bytes": terms, "layer_bytes_per_token": layer,
         "layer_bytes_per_token_over_h": layer / h,
         "once_per_token_bytes": head, "per_micro_batch_bytes": per_batch, "eager_mask_bytes_per_layer": mask,
@@ -386,7 +425,7 @@ def _precision_bytes(strategy: str, precision: str) -> tuple[int, int]:
 
 
 def _model_state_terms(
-    strategy: str, precision: str, n: int, world: int, layer_params: int, root_params: int,
+    strategy: str, precision: str, n: int, world: int, layer_params: int, root_params: int, matmul_params: int,
     grad_accum_dtype: str, bucket: float, max_live: float,
 ) -> list[tuple[str, str, str, float]]:
     """(component, what, formula, bytes) for weights, gradients, optimizer states and the step-time
@@ -399,19 +438,18 @@ def _model_state_terms(
     stage 3 parameters). Our zero1.json sets grad_accum_dtype fp32, which selects BF16_Optimizer: it
     also keeps a FULL-size fp32 gradient accumulation buffer (4P, not partitioned).
     bf16 under DDP + autocast: fp32 parameters (4P, also the master), fp32 gradients (4P), Adam (8P),
-    bf16 weight copies autocast makes and autograd keeps until backward (2P), and DDP's reducer
+    bf16 copies autocast makes of the matmul weights (2M, M = P minus embeddings and norms, plus the
+    LM head even when tied, on the plain loss path) which autograd keeps until backward, and DDP's reducer
     buckets, a second gradient copy when W > 1 (gradient_as_bucket_view=False, the default).
     FSDP2 full shard: fp32 sharded parameters, gradients and Adam (16P/W) + bf16 unsharded
     parameters of the root (embeddings, head) and of two blocks (current + prefetched)."""
     P, W = float(n), float(world)
     t: list[tuple[str, str, str, float]] = []
-    if precision == "fp32":
-        if strategy in ("ddp", "zero0", "zero1"):
-            t.append(("weights", "fp32 parameters", "4P", 4 * P))
-        elif strategy == "zero2":
-            t.append(("weights", "fp32 parameters", "4P", 4 * P))
-        else:
+    if precision == "fp32":  # no master copy: the fp32 parameters are what the optimizer updates
+        if strategy in ("zero3", "fsdp"):
             t.append(("weights", "fp32 parameter shard", "4P/W", 4 * P / W))
+        else:
+            t.append(("weights", "fp32 parameters", "4P", 4 * P))
         if strategy in ("ddp", "zero0", "zero1"):
             t.append(("gradients", "fp32 gradients", "4P", 4 * P))
         else:
@@ -426,14 +464,16 @@ def _model_state_terms(
         if strategy == "fsdp":
             t.append(("weights", "unsharded root + 2 blocks", "4*(root + 2*layer)", 4 * (root_params + 2 * layer_params)))
             t.append(("gradients", "unsharded gradients of 2 blocks before reduce-scatter", "4*2*layer", 8 * layer_params))
-        opt = "8P" if strategy in ("ddp", "zero0") else "8P/W"
-        t.append(("optimizer", "AdamW exp_avg + exp_avg_sq (fp32)", opt, 8 * P if opt == "8P" else 8 * P / W))
+        if strategy in ("ddp", "zero0"):
+            t.append(("optimizer", "AdamW exp_avg + exp_avg_sq (fp32)", "8P", 8 * P))
+        else:
+            t.append(("optimizer", "AdamW exp_avg + exp_avg_sq (fp32), sharded", "8P/W", 8 * P / W))
         return t
 
     # --- 16-bit mixed precision --------------------------------------------------------------
     if strategy == "ddp":
         t += [("weights", "fp32 parameters (the master copy)", "4P", 4 * P),
-              ("weights", "bf16 autocast copies, kept for backward", "2P", 2 * P),
+              ("weights", "bf16 autocast copies of matmul weights, kept for backward", "2M", 2.0 * matmul_params),
               ("gradients", "fp32 gradients", "4P", 4 * P)]
         if world > 1:
             t.append(("gradients", "DDP reducer buckets (a second gradient copy)", "4P", 4 * P))
@@ -444,7 +484,7 @@ def _model_state_terms(
                 ("weights", "bf16 unsharded root + 2 blocks", "2*(root + 2*layer)", 2 * (root_params + 2 * layer_params)),
                 ("gradients", "fp32 gradient shard", "4P/W", 4 * P / W),
                 ("gradients", "bf16 unsharded gradients of 2 blocks before reduce-scatter", "2*2*layer", 4 * layer_params),
-                ("optimizer", "AdamW exp_avg + exp_avg_sq (fp32)", "8P/W", 8 * P / W)]
+                ("optimizer", "AdamW exp_avg + exp_avg_sq (fp32), sharded", "8P/W", 8 * P / W)]
     # DeepSpeed
     if strategy == "zero0":
         # bf16 without ZeRO = DeepSpeed's FP16_Optimizer path ("DDP_BFLOAT16"): fp32 master of all params.
@@ -485,6 +525,7 @@ def estimate_memory(
     world_size: int = 1,
     attention: str = "flash",
     activation_checkpointing: bool = False,
+    loss: str = "plain",
     grad_accum_dtype: str | None = None,
     reduce_bucket: float = DS_REDUCE_BUCKET,
     max_live_parameters: float = DS_MAX_LIVE_PARAMETERS,
@@ -510,11 +551,15 @@ def estimate_memory(
     counts = count_parameters(config)
     n = counts["total"]
     root = counts["token_embedding"] + counts["position_embedding"] + counts["lm_head"] + counts["final_norm"]
-    state = _model_state_terms(strategy, precision, n, world_size, counts["per_layer"], root,
+    # matmul weights autocast copies to bf16 and autograd keeps: the blocks', and the LM head's on the
+    # plain loss path (the chunked loss casts the head once per forward and keeps no copy)
+    matmul = config.num_hidden_layers * (counts["attention_per_layer"] + counts["mlp_per_layer"]) \
+        + (config.vocab_size * config.hidden_size if loss == "plain" else 0)
+    state = _model_state_terms(strategy, precision, n, world_size, counts["per_layer"], root, matmul,
                                grad_accum_dtype, reduce_bucket, max_live_parameters)
     e, r = _precision_bytes(strategy, precision)
     act = activation_memory(config, seq_len, micro_batch, compute_bytes=e, residual_bytes=r,
-                            attention=attention, checkpointing=activation_checkpointing)
+                            attention=attention, checkpointing=activation_checkpointing, loss=loss)
     comp = {k: sum(b for c, _, _, b in state if c == k) for k in ("weights", "gradients", "optimizer", "step")}
     static = comp["weights"] + comp["gradients"] + comp["optimizer"]
     dynamic = max(act["peak_bytes"], comp["step"])
@@ -525,8 +570,10 @@ def estimate_memory(
     terms += [
         {"component": "activations", "what": f"saved tensors ({act['kept']})", "formula": "see activation_memory",
          "gib": act["saved_bytes"] / GIB},
-        {"component": "activations", "what": "backward working set (loss gradients 8V/token or one layer)",
-         "formula": "max(8V*b*s, layer*b*s)", "gib": act["backward_working_bytes"] / GIB},
+        {"component": "activations",
+         "what": f"working set: the {loss} loss's (" + ("8V per token" if loss == "plain" else "one chunk")
+                 + ") or one layer's gradients, the larger",
+         "formula": "max(loss, layer*b*s)", "gib": act["backward_working_bytes"] / GIB},
         {"component": "overhead", "what": "CUDA context + cuBLAS/NCCL workspaces", "formula": f"{cuda_context_gib} GiB",
          "gib": cuda_context_gib},
         {"component": "overhead", "what": f"allocator fragmentation ({100 * fragmentation:.0f}% of the rest)",
@@ -536,6 +583,7 @@ def estimate_memory(
         "preset": getattr(config, "preset_name", None), "n_params": n, "micro_batch": micro_batch, "seq_len": seq_len,
         "precision": precision, "strategy": strategy, "strategy_description": STRATEGY_HELP[strategy],
         "world_size": world_size, "attention": act["attention"], "activation_checkpointing": activation_checkpointing,
+        "loss": loss,
         "grad_accum_dtype": grad_accum_dtype if precision == "bf16" else "fp32",
         "components_gib": {
             "weights": comp["weights"] / GIB, "gradients": comp["gradients"] / GIB, "optimizer": comp["optimizer"] / GIB,
@@ -552,7 +600,7 @@ def estimate_memory(
 # ================================================================================================
 # Micro-batch and accumulation
 # ================================================================================================
-SAFETY_MARGIN = 0.05  # keep 5% of the GPU free: the model's error is of that order
+SAFETY_MARGIN = 0.05  # keep 5% free for what the estimate leaves out (NCCL buffers, allocator spikes, eval batches)
 
 
 def _divisors(n: int) -> list[int]:
@@ -571,6 +619,7 @@ def plan_batch(
     precision: str = "bf16",
     attention: str = "flash",
     activation_checkpointing: bool = False,
+    loss: str = "plain",
     safety_margin: float = SAFETY_MARGIN,
     gpu_memory_gb: float | None = None,
     max_micro_batch: int = 4096,
@@ -583,7 +632,7 @@ def plan_batch(
     budget = capacity * (1 - safety_margin)
     config = DecoderConfig.from_preset(preset)
     common = dict(seq_len=seq_len, precision=precision, strategy=strategy, world_size=num_gpus,
-                  attention=attention, activation_checkpointing=activation_checkpointing)
+                  attention=attention, activation_checkpointing=activation_checkpointing, loss=loss)
 
     def total(b: int, **over: Any) -> float:
         return estimate_memory(config, micro_batch=b, **{**common, **over})["total_gib"]
@@ -623,7 +672,7 @@ def plan_batch(
         "gpu": gpu, "num_gpus": num_gpus, "gpu_memory_gib": capacity, "safety_margin": safety_margin,
         "budget_gib": budget, "preset": preset, "seq_len": seq_len, "strategy": strategy, "precision": precision,
         "attention": ATTENTION_BACKENDS.get(attention, attention), "activation_checkpointing": activation_checkpointing,
-        "max_micro_batch_fit": max_fit, "memory_at_max_fit_gib": total(max_fit),
+        "loss": loss, "max_micro_batch_fit": max_fit, "memory_at_max_fit_gib": total(max_fit),
     }
     if global_batch_sequences is None:
         micro, accum = max_fit, 1
@@ -791,7 +840,7 @@ def _print_optimal(r: dict) -> None:
 def _print_memory(results: list[dict]) -> None:
     first = results[0]
     print(f"{first['preset'] or 'model'}: {first['n_params']:,} params (P), micro-batch {first['micro_batch']}, "
-          f"seq {first['seq_len']}, {first['precision']}, attention {first['attention']}, "
+          f"seq {first['seq_len']}, {first['precision']}, attention {first['attention']}, {first['loss']} loss, "
           f"activation checkpointing {'on' if first['activation_checkpointing'] else 'off'}, W = {first['world_size']}")
     headers = ["GiB per GPU"] + [r["strategy"] for r in results]
     keys = ["weights", "gradients", "optimizer", "activations", "step_transient", "overhead"]
@@ -816,7 +865,7 @@ def _print_batch(r: dict) -> None:
         ["GPU", f"{r['num_gpus']} x {r['gpu']} ({r['gpu_memory_gib']:g} GiB, budget {r['budget_gib']:.1f} GiB "
                 f"with {100 * r['safety_margin']:.0f}% kept free)"],
         ["model", f"{r['preset']}, seq {r['seq_len']}, {r['precision']}, {r['strategy']}, attention {r['attention']}, "
-                  f"checkpointing {'on' if r['activation_checkpointing'] else 'off'}"],
+                  f"{r['loss']} loss, checkpointing {'on' if r['activation_checkpointing'] else 'off'}"],
         ["largest micro-batch that fits", f"{r['max_micro_batch_fit']} ({r['memory_at_max_fit_gib']:.1f} GiB)"],
         ["chosen micro-batch", f"{r['micro_batch']} ({r['memory_gib']:.1f} GiB estimated peak)"],
         ["gradient accumulation", str(r["grad_accum_steps"])],
@@ -882,6 +931,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--attention", default="flash", choices=list(ATTENTION_BACKENDS),
                        help="flash/sdpa: O(S) activations; eager: O(S^2) score matrices (default flash)")
         p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
+        p.add_argument("--loss", default="plain", choices=["plain", "chunked"],
+                       help="plain: model(...).loss with full logits (what training/trainer.py calls); chunked: "
+                            "model(..., return_logits=False), no (tokens x vocab) tensor (default plain)")
 
     p = add("memory", "per-GPU memory: weights, gradients, optimizer, activations, overhead",
             "Per-GPU peak memory estimate (GiB). See estimate_memory / activation_memory for every formula.")
@@ -937,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
             results = [estimate_memory(args.preset, micro_batch=args.micro_batch, seq_len=args.seq_len,
                                        precision=args.precision, strategy=s.strip(), world_size=args.world_size,
                                        attention=args.attention, activation_checkpointing=args.activation_checkpointing,
-                                       grad_accum_dtype=args.grad_accum_dtype)
+                                       loss=args.loss, grad_accum_dtype=args.grad_accum_dtype)
                        for s in args.strategy.split(",") if s.strip()]
             result = results[0] if len(results) == 1 else {"strategies": results}
             show = lambda _r: _print_memory(results)  # noqa: E731
@@ -946,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
                                 global_batch_tokens=args.global_batch_tokens,
                                 global_batch_sequences=args.global_batch_sequences, strategy=args.strategy,
                                 precision=args.precision, attention=args.attention,
-                                activation_checkpointing=args.activation_checkpointing,
+                                activation_checkpointing=args.activation_checkpointing, loss=args.loss,
                                 safety_margin=args.safety_margin, gpu_memory_gb=args.gpu_memory_gb)
             show = _print_batch
         else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import math
 import statistics
 import sys
@@ -87,6 +88,7 @@ def measure(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     lr: float = 3e-4,
     seed: int = 0,
+    chunked_loss: bool = False,
     on_step: Callable[[], None] | None = None,
 ) -> dict:
     """Train `iters` steps of micro_batch x accum sequences; per-phase milliseconds per step (mean over
@@ -94,6 +96,7 @@ def measure(
     torch.manual_seed(seed)
     model = optimizer = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    loss_kwargs = {"return_logits": False} if chunked_loss else {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps: list[dict[str, float]] = []
@@ -111,7 +114,7 @@ def measure(
                 _sync(device)
                 t1 = time.perf_counter()
                 with autocast:
-                    loss = model(input_ids=x, shift_labels=y).loss / accum
+                    loss = model(input_ids=x, shift_labels=y, **loss_kwargs).loss / accum
                 _sync(device)
                 t2 = time.perf_counter()
                 loss.backward()
@@ -159,6 +162,7 @@ def sweep(
     data: str | None = None,
     attn: str = "auto",
     lr: float = 3e-4,
+    chunked_loss: bool = False,
     progress: bool = True,
 ) -> dict:
     """Measure every micro-batch that divides `global_batch`; return the rows and the fastest that fits."""
@@ -167,6 +171,8 @@ def sweep(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
+    if chunked_loss and "return_logits" not in inspect.signature(DecoderForCausalLM.forward).parameters:
+        raise ValueError("--chunked-loss needs DecoderForCausalLM.forward(..., return_logits=False) (modeling/losses.py)")
     if iters < 1 or global_batch < 1:
         raise ValueError(f"--iters and --global-batch must be >= 1 (got {iters}, {global_batch})")
     overrides: dict[str, Any] = {"attn_implementation": attn}
@@ -201,7 +207,8 @@ def sweep(
 
         try:
             row.update(measure(config, micro_batch=m, accum=row["accum"], seq_len=seq_len, iters=iters, warmup=warmup,
-                               device=dev, dtype=dtype, batches=batches, lr=lr, on_step=step_done))
+                               device=dev, dtype=dtype, batches=batches, lr=lr, chunked_loss=chunked_loss,
+                               on_step=step_done))
         except Exception as exc:  # noqa: BLE001 - only OOM is classified; anything else propagates
             if not _is_oom(exc):
                 raise
@@ -215,7 +222,8 @@ def sweep(
     best = max(fitting, key=lambda r: r["tokens_per_sec"]) if fitting else None
     return {
         "preset": preset, "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dtype": dtype, "attn_implementation": attn, "data": data or "random tokens", "global_batch": global_batch,
+        "dtype": dtype, "attn_implementation": attn, "loss": "chunked" if chunked_loss else "plain",
+        "data": data or "random tokens", "global_batch": global_batch,
         "seq_len": seq_len, "tokens_per_step": global_batch * seq_len, "iters": iters, "warmup": warmup,
         "flops_per_token": flops_per_token(config, seq_len), "rows": rows,
         "best": {"micro_batch": best["micro_batch"], "accum": best["accum"], "tokens_per_sec": best["tokens_per_sec"]} if best else None,
@@ -233,7 +241,8 @@ def format_sweep(result: dict) -> str:
             fmt(r.get("backward_ms"), ".1f"), fmt(r.get("optimizer_ms"), ".1f"), fmt(r.get("peak_mem_gib"), ".2f"),
             fmt(r.get("final_loss"), ".4f"),
         ])
-    head = (f"{result['preset']} on {result['device_name']} ({result['dtype']}, attention {result['attn_implementation']}), "
+    head = (f"{result['preset']} on {result['device_name']} ({result['dtype']}, attention {result['attn_implementation']}, "
+            f"{result['loss']} loss), "
             f"global batch {result['global_batch']} x {result['seq_len']} tokens, {result['iters']} steps "
             f"({result['warmup']} warm-up not measured), data: {result['data']}")
     lines = [head, format_table(headers, rows)]
@@ -272,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="attention backend (default auto)")
     ap.add_argument("--data", metavar="DIR", help="a data_prep output directory (default: random tokens)")
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    ap.add_argument("--chunked-loss", action="store_true",
+                    help="forward(..., return_logits=False): the chunked LM-head loss instead of full logits")
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' for JSON on stdout only)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
         result = sweep(args.preset, global_batch=args.global_batch, micro_batches=args.micro_batches,
                        seq_len=args.seq_len, iters=args.iters, warmup=args.warmup, device=args.device,
-                       dtype=args.dtype, data=args.data, attn=args.attn, lr=args.lr,
+                       dtype=args.dtype, data=args.data, attn=args.attn, lr=args.lr, chunked_loss=args.chunked_loss,
                        progress=not args.no_progress and args.json != "-")
     except (ValueError, KeyError, ImportError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
