@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's main job on its embedded defaults: the whole stack end to end on CPU in a few minutes.
 #   model -> data (tokenize + pack the shipped Shakespeare sample) -> train (DeepSpeed ZeRO-1, 2 CPU
-#   processes under accelerate launch) -> checkpoint + native HF export
-# Outputs: data/demo/ (token shards + manifest) and runs/demo/ (log.jsonl, checkpoints/).
+#   processes under accelerate launch) -> checkpoint + native HF export -> lm-eval ARC/OBQA on the
+#   shipped fixtures -> run analysis (summary table + plots)
+# Outputs: data/demo/ (token shards + manifest) and runs/demo/ (log.jsonl, checkpoints/, analysis/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/demo}
@@ -20,3 +21,9 @@ rm -rf "$OUT"  # the demo starts fresh; real runs continue with --resume=auto in
 accelerate launch --config_file accelerate_configs/cpu.yaml training/run.py \
     --recipe training/recipes/demo_cpu.yaml --data_dir="$DATA" --out_dir="$OUT"
 echo "checkpoints: $(ls "$OUT/checkpoints" | tr '\n' ' ')"
+
+echo "== 4. eval: lm-eval-harness ARC-Easy / ARC-Challenge / OpenBookQA on the final checkpoint (shipped fixtures)"
+python -m eval.harness "$OUT" --data-dir tests/assets/eval --device cpu --compare eval/reference/qwen2.5-1.5b.json
+
+echo "== 5. analysis: training time, tokens/s, losses, memory; plots"
+python -m training.analysis "$OUT"
