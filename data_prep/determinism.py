@@ -1,0 +1,48 @@
+"""Counter-based hashing: a pure function of (seed, index) with no hidden RNG state.
+
+Both the train/val carve-out in `prepare` and the random windows of `PackedTokenDataset` need
+"the i-th draw" without replaying draws 0..i-1: that is what makes them resumable at any point and
+identical across world sizes and DataLoader worker counts. SplitMix64 (Steele, Lea & Flood 2014,
+"Fast splittable pseudorandom number generators") is the standard finaliser for that job.
+"""
+
+from __future__ import annotations
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix64(seed: int, index: int) -> int:
+    """A uniformly distributed 64-bit integer determined only by (seed, index)."""
+    # Key the stream by the seed first so streams for different seeds do not overlap shifted.
+    z = (_splitmix64(seed & _MASK64) + (index & _MASK64) * _GOLDEN) & _MASK64
+    return _splitmix64(z)
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def unit_interval(seed: int, index: int) -> float:
+    """A float in [0, 1) determined only by (seed, index) (53 bits of `mix64`)."""
+    return (mix64(seed, index) >> 11) * (1.0 / (1 << 53))
+
+
+def unit_interval_array(seed: int, indices: "np.ndarray") -> "np.ndarray":
+    """Vectorised `unit_interval` over an array of indices (bit-identical results).
+
+    numpy's uint64 arithmetic wraps modulo 2**64 exactly like the masked Python version; used on
+    hot paths where a Python call per document would cost more than the tokenizer.
+    """
+    import numpy as np
+
+    z = np.asarray(indices, dtype=np.uint64) * np.uint64(_GOLDEN)
+    z = z + np.uint64(_splitmix64(seed & _MASK64))
+    z = z + np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
