@@ -25,12 +25,28 @@ def prepare_demo_data(out: Path) -> Path:
     return out
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def train_command(config_file: str | None, *args: str, launcher_args: tuple = ()) -> list[str]:
-    """`accelerate launch --config_file accelerate_configs/X training/run.py ARGS`, or plain python for None."""
+    """`accelerate launch --config_file accelerate_configs/X training/run.py ARGS`, or plain python for None.
+
+    Each launch gets its own rendezvous port: two runs on the default 29500 would join each other."""
     if config_file is None:
         return [sys.executable, RUN_PY, *args]
     return [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "accelerate_configs" / config_file),
-            *launcher_args, RUN_PY, *args]
+            "--main_process_port", str(free_port()), *launcher_args, RUN_PY, *args]
+
+
+def failure(log: str) -> str:
+    """The lines that say what went wrong on any rank, then the tail of the output."""
+    errors = [line for line in log.splitlines() if "Error" in line or line.startswith("error:")]
+    return "\n".join(errors[-20:]) + "\n...\n" + log[-3000:]
 
 
 def run_training(config_file, *args, timeout=600, env=None, launcher_args=()):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import TINY_RUN, read_log, run_training, train_losses
+from train_helpers import TINY_RUN, failure, read_log, run_training, train_losses
 
 TOL = 2e-5
 ITERS = 10
@@ -28,7 +28,7 @@ def single_process_reference(demo_data, tmp_path_factory):
     """1 process, micro-batch 4 x 2 accumulation steps = the same 8 sequences per step as 2 ranks x 4."""
     out = tmp_path_factory.mktemp("ref")
     code, log = run_training(None, *_args(demo_data, out))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     config = read_log(out)[0]
     assert (config["distributed_type"], config["world_size"], config["grad_accum_steps"]) == ("NO", 1, 2)
     return train_losses(out)
@@ -43,7 +43,7 @@ def _assert_same_curve(losses, reference):
 
 def test_deepspeed_zero1_two_processes_matches_one(demo_data, tmp_path, single_process_reference):
     code, log = run_training("cpu.yaml", *_args(demo_data, tmp_path))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     config = read_log(tmp_path)[0]
     assert config["distributed_type"] == "DEEPSPEED" and config["ds_stage"] == 1
     assert config["world_size"] == 2 and config["grad_accum_steps"] == 1
@@ -65,7 +65,7 @@ def test_deepspeed_zero1_two_processes_matches_one(demo_data, tmp_path, single_p
 
 def test_ddp_two_processes_matches_one(demo_data, tmp_path, single_process_reference):
     code, log = run_training("cpu_ddp.yaml", *_args(demo_data, tmp_path))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     config = read_log(tmp_path)[0]
     assert config["distributed_type"] == "MULTI_CPU" and config["world_size"] == 2
     assert config["model_wrapper"] == "DistributedDataParallel" and config["ds_stage"] is None
@@ -75,22 +75,17 @@ def test_ddp_two_processes_matches_one(demo_data, tmp_path, single_process_refer
 def test_two_nodes_on_loopback_match_single_node(demo_data, tmp_path, single_process_reference):
     """multinode.yaml-style: num_machines 2, machine_rank 0/1, main_process_ip 127.0.0.1, one process
     each, DeepSpeed ZeRO-1 through the standard launcher (torchrun), not pdsh."""
-    import socket
+    import os
     import subprocess
-    import sys
 
-    from train_helpers import BIN, REPO, RUN_PY
+    from train_helpers import BIN, REPO, RUN_PY, free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     yaml = (REPO / "accelerate_configs" / "multinode.yaml").read_text()
     yaml = yaml.replace("main_process_ip: FILL_IN_NODE0_ADDRESS", "main_process_ip: 127.0.0.1")
     yaml = yaml.replace("num_processes: 16", "num_processes: 2").replace("main_process_port: 29500", f"main_process_port: {port}")
     yaml = yaml.replace("gpu_ids: all\n", "")
     procs = []
-    import os
-
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     for rank in (0, 1):
         cfg = tmp_path / f"node{rank}.yaml"
@@ -119,7 +114,7 @@ def test_fsdp_two_gpus(demo_data, tmp_path, single_process_reference):
     cfg = tmp_path / "fsdp.yaml"
     cfg.write_text(yaml.replace("num_processes: 8", "num_processes: 2"))
     code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     config = read_log(tmp_path / "run")[0]
     assert config["distributed_type"] == "FSDP" and config["world_size"] == 2
 
@@ -143,7 +138,7 @@ def test_other_zero_stages_by_config_file_only(demo_data, tmp_path, single_proce
     cfg = tmp_path / f"zero{stage}.yaml"
     cfg.write_text(yaml)
     code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     config = read_log(tmp_path / "run")[0]
     assert config["distributed_type"] == "DEEPSPEED" and config["ds_stage"] == stage and config["world_size"] == 2
     _assert_same_curve(train_losses(tmp_path / "run"), single_process_reference)

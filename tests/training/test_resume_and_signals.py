@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train_helpers import BIN, REPO, TINY_RUN, read_log, run_training, train_command, train_losses
+from train_helpers import BIN, REPO, TINY_RUN, failure, read_log, run_training, train_command, train_losses
 
 ITERS = 48
 
@@ -44,7 +44,7 @@ def _wait_for(predicate, proc, timeout=300):
 def test_sigkill_then_resume_auto_gives_the_same_curve(demo_data, tmp_path):
     ref = tmp_path / "ref"
     code, log = run_training("cpu.yaml", *_args(demo_data, ref))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     reference = train_losses(ref)
     ref_evals = {r["iter"]: r["val_loss"] for r in read_log(ref) if r["type"] == "eval"}
 
@@ -57,7 +57,7 @@ def test_sigkill_then_resume_auto_gives_the_same_curve(demo_data, tmp_path):
     assert killed_at < ITERS, "the run finished before the kill; the test proves nothing"
 
     code, log = run_training("cpu.yaml", *_args(demo_data, run, "--resume=auto"))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     assert "resumed from" in log
     resumed = train_losses(run)
     assert sorted(resumed) == list(range(1, ITERS + 1))  # the log was cut back to the checkpoint, then continued
@@ -92,6 +92,6 @@ def test_sigterm_writes_a_checkpoint_before_exiting(demo_data, tmp_path):
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(demo_data, tmp_path):
     code, log = run_training(None, *_args(demo_data, tmp_path, "--max_iters=6", "--micro_batch_size=8"))
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     code, log = run_training(None, *_args(demo_data, tmp_path, "--max_iters=6", "--micro_batch_size=8"))
     assert code == 2 and "already holds checkpoints" in log and "--resume=auto" in log

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from train_helpers import TINY_RUN, read_log, run_training, train_losses
+from train_helpers import TINY_RUN, failure, read_log, run_training, train_losses
 
 ITERS = 4
 
@@ -14,14 +14,14 @@ ITERS = 4
 def plain(demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("plain")
     code, log = run_training(None, *TINY_RUN, f"--data_dir={demo_data}", f"--out_dir={out}", f"--max_iters={ITERS}")
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     return train_losses(out)
 
 
 def test_activation_checkpointing_same_losses_and_profile_trace(demo_data, tmp_path, plain):
     code, log = run_training(None, *TINY_RUN, f"--data_dir={demo_data}", f"--out_dir={tmp_path}", f"--max_iters={ITERS}",
                              "--activation_checkpointing=true", "--profile=true", "--profile_start=2", "--profile_iters=2")
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     losses = train_losses(tmp_path)
     for it in plain:  # recompute is the same arithmetic: only float reassociation could differ
         assert losses[it] == pytest.approx(plain[it], abs=1e-6)
@@ -34,7 +34,7 @@ def test_activation_checkpointing_same_losses_and_profile_trace(demo_data, tmp_p
 def test_compile_same_losses(demo_data, tmp_path, plain):
     code, log = run_training(None, *TINY_RUN, f"--data_dir={demo_data}", f"--out_dir={tmp_path}", f"--max_iters={ITERS}",
                              "--compile=true", timeout=900)
-    assert code == 0, log[-3000:]
+    assert code == 0, failure(log)
     losses = train_losses(tmp_path)
     for it in plain:  # inductor fuses elementwise ops in float32: tiny reassociation differences only
         assert losses[it] == pytest.approx(plain[it], abs=1e-4)
