@@ -1,7 +1,7 @@
 """Atomic file and directory writes: write under a temporary name, then rename.
 
-A reader (or a resumed run) must never see a half-written manifest, state file or tokenizer
-directory. `os.replace` is atomic on POSIX when source and target are on the same filesystem,
+The one implementation the whole stack uses (data_prep, training, eval). A reader (or a resumed
+run) must never see a half-written manifest, state file, results file or export directory. `os.replace` is atomic on POSIX when source and target are on the same filesystem,
 which holds because the temporary lives next to the target.
 """
 
@@ -33,8 +33,9 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
@@ -42,13 +43,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    return path
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Create directory `path` by calling `fill(tmp_dir)` and renaming the result into place.
 
     An existing `path` is replaced only after `fill` succeeded, so a failure leaves the old
@@ -70,3 +76,4 @@ def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> N
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
+    return path

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .atomic import atomic_write_json, atomic_write_text
+from data_prep.atomic import atomic_write_json, atomic_write_text
 from .checkpoint import as_native, find_tokenizer_dir, load_model, load_tokenizer, model_summary, resolve_checkpoint
 from .errors import EvalError
 from .report import SCHEMA, default_output_path, load_results_file, markdown_report

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .atomic import atomic_write_dir
+from data_prep.atomic import atomic_write_dir
 from .checkpoint import (
     ResolvedCheckpoint, as_native, find_tokenizer_dir, load_raw_model, load_tokenizer, resolve_checkpoint,
 )

@@ -18,7 +18,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from data_prep.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +49,6 @@ def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     """Collective: every rank calls it. Returns the final directory."""
     acc = trainer.accelerator
@@ -65,7 +58,7 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
         shutil.rmtree(tmp)  # a leftover of an interrupted save
     acc.wait_for_everyone()
     acc.save_state(str(tmp / "accelerate"))
-    write_json_atomic(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
+    atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
     full_state = acc.get_state_dict(trainer.model)  # collective under ZeRO-3 (gathers shards)
     if acc.is_main_process:
         model = acc.unwrap_model(trainer.model)
@@ -74,7 +67,7 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
             trainer.tokenizer.save_pretrained(tmp / "model")
         if export_hf:
             _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf")
-        write_json_atomic(tmp / "trainer_state.json", trainer.state.to_dict() | {"world_size": acc.num_processes})
+        atomic_write_json(tmp / "trainer_state.json", trainer.state.to_dict() | {"world_size": acc.num_processes})
         if final.exists():  # the same iteration saved again (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
