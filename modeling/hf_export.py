@@ -13,16 +13,8 @@ import os
 from typing import Callable
 
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
-
+import transformers
+from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from .configuration import DecoderConfig
@@ -77,7 +69,7 @@ def to_hf_config(config: DecoderConfig):
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
     )
     if family == "gpt2":
-        return GPT2Config(
+        return transformers.GPT2Config(
             n_embd=config.hidden_size, n_layer=config.num_hidden_layers, n_head=config.num_attention_heads,
             n_inner=config.intermediate_size, n_positions=config.max_position_embeddings,
             activation_function=_GPT2_ACT[config.mlp_type], layer_norm_epsilon=config.norm_eps,
@@ -92,8 +84,8 @@ def to_hf_config(config: DecoderConfig):
         attention_bias=config.attention_bias, attention_dropout=config.dropout, **common,
     )
     if family == "qwen3":
-        return Qwen3Config(use_sliding_window=False, **kwargs)
-    return LlamaConfig(mlp_bias=config.mlp_bias, **kwargs)
+        return transformers.Qwen3Config(use_sliding_window=False, **kwargs)
+    return transformers.LlamaConfig(mlp_bias=config.mlp_bias, **kwargs)
 
 
 def from_hf_config(hf_config) -> DecoderConfig:
@@ -225,7 +217,8 @@ def to_hf(model: DecoderForCausalLM) -> PreTrainedModel:
     family = hf_family(config)
     hf_config = to_hf_config(config)
     hf_config._attn_implementation = "eager" if config._attn_implementation == "eager" else "sdpa"
-    cls = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "qwen3": Qwen3ForCausalLM}[family]
+    # the native classes load lazily (transformers' module attributes): describing a preset stays fast
+    cls = getattr(transformers, {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family])
     ours = model.state_dict()
     state = {}
     for our_key, hf_keys, forward, _ in _rules(config, family):
