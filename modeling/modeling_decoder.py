@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .attention import ATTENTION_FUNCTIONS, resolve_attn_implementation
 from .configuration import DecoderConfig
+from .losses import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # Norms
 # ----------------------------------------------------------------------------------------------
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) over the last dim, computed in float32 and returned in x's dtype (HF LLaMA/Qwen3 rounding).
+    F.rms_norm is one fused kernel (and backward) on CUDA instead of pow/mean/add/rsqrt/mul; same values."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich 2019) computed in float32, then scaled in the input dtype (as HF LLaMA/Qwen3)."""
 
@@ -41,10 +48,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.weight * rms_normalize(x, self.eps)
 
 
 def build_norm(config: DecoderConfig, dim: int) -> nn.Module:
@@ -53,21 +57,28 @@ def build_norm(config: DecoderConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=config.norm_eps)
 
 
+def build_dropout(p: float) -> nn.Module:
+    """nn.Dropout(0.0) still dispatches an op per call in training (3 per block); Identity costs nothing."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 # ----------------------------------------------------------------------------------------------
 # Rotary position embedding (Su et al. 2021), rotate-half convention
 # ----------------------------------------------------------------------------------------------
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin tables (B, T, 1, hd) for positions (B, T); computed in float32, no buffers (cheap, compile-friendly)."""
+    """cos and sign-folded sin tables (B, T, 1, hd) for positions (B, T); computed in float32, no buffers
+    (cheap, compile-friendly). sin carries rotate_half's sign: (-sin, +sin) over the two halves."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
-    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # (B, T, 1, hd): broadcasts over heads
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    freqs = (position_ids.float()[..., None] * inv_freq)[:, :, None, :]  # (B, T, 1, hd/2): broadcasts over heads
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, hd). Rotates channel i with channel i + hd/2 (HF's rotate_half layout)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    """x: (B, T, H, hd). Rotates channel i with channel i + hd/2 (HF's rotate_half layout):
+    x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) = roll(x, hd/2) * (-1, +1) and the
+    sign folded into `sin` (rope_cos_sin): 3 kernels (roll, mul, addcmul) instead of 5 (neg, cat, mul, mul, add)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +171,7 @@ class DecoderBlock(GradientCheckpointingLayer):
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = build_norm(config, config.hidden_size)
         self.mlp = SwiGLU(config) if config.is_gated_mlp else MLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = build_dropout(config.dropout)
 
     def forward(self, x, rope=None, mask=None, past_key_values=None):
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
@@ -215,7 +226,7 @@ class DecoderModel(DecoderPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         if config.position_embedding == "learned":
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = build_dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = build_norm(config, config.hidden_size)
         for block in self.layers:
@@ -292,6 +303,10 @@ def _build_mask(attention_mask, B: int, T: int, past_len: int, device) -> Option
 
 class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Tokens per chunk of the chunked LM-head loss (forward(..., return_logits=False)); None: sized from
+    # the vocabulary (losses.auto_chunk_size). Set per instance to trade transient memory against the
+    # number of chunks. Not a config field: it changes no result, only memory and speed.
+    loss_chunk_size: Optional[int] = None
 
     def __init__(self, config: DecoderConfig):
         super().__init__(config)
@@ -322,10 +337,16 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         shift_labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
         logits_to_keep: int = 0,
+        return_logits: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` follow the HF convention (aligned with input_ids, shifted here); `shift_labels` are
-        already the next tokens (what `data_prep.PackedTokenDataset` yields). -100 is ignored in both."""
+        already the next tokens (what `data_prep.PackedTokenDataset` yields). -100 is ignored in both.
+
+        `return_logits=False` with labels: the loss is computed by `losses.linear_cross_entropy` in chunks
+        of `self.loss_chunk_size` tokens, the (B, T, V) logits never exist and `logits` is None (the
+        training fast path: less memory at 128k-152k vocabularies, no fp32 logits copy). Without labels
+        the logits are returned either way."""
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
@@ -333,10 +354,22 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         h = out.last_hidden_state  # (B, T, C)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        logits = self.lm_head(h)  # (B, T, V)
-        loss = None
         if labels is not None and shift_labels is None:
             shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # position t predicts token t+1
+        if shift_labels is not None and not return_logits:
+            weight = self.lm_head.weight
+            # The chunked loss reads the head's weight outside lm_head.forward. Frameworks that gather
+            # parameters in module hooks (DeepSpeed ZeRO-3: an empty placeholder between forwards) leave
+            # it unmaterialised here: then take the plain path, which runs through lm_head's hooks.
+            if weight.shape == (self.config.vocab_size, h.shape[-1]):
+                loss = linear_cross_entropy(h, weight, shift_labels, chunk_size=self.loss_chunk_size)
+                return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
+            if not getattr(self, "_warned_chunked_loss", False):
+                logger.warning("return_logits=False: lm_head.weight is %s here (partitioned, e.g. ZeRO-3), "
+                               "so the loss uses the full-logits path", tuple(weight.shape))
+                self._warned_chunked_loss = True
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None
         if shift_labels is not None:
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)), shift_labels.reshape(-1).to(logits.device), ignore_index=-100

@@ -23,7 +23,6 @@ Output: a table on stdout, and JSON + markdown (default benchmarks/results/<devi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime as dt
 import gc
@@ -41,12 +40,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from modeling import (
     FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token, mfu,
     resolve_attn_implementation, to_hf,
 )
-from modeling.describe import parse_overrides
+from modeling.describe import ARCH_FIELDS, parse_overrides
+from modeling.losses import auto_chunk_size
 from training.hardware import canonical_gpu_name, detect_device, peak_flops
 from training.optim import build_optimizer
 
@@ -60,6 +63,12 @@ LOSS_CHOICES = ("chunked", "full")  # ours: chunked LM-head CE (return_logits=Fa
 CPU_DEFAULTS = dict(seq_len=256, micro_batch=4, warmup=3, iters=20, rounds=4)
 CUDA_DEFAULTS = dict(seq_len=2048, micro_batch=1, warmup=5, iters=30, rounds=1)
 MAX_AUTO_MICRO_BATCH = 64
+MEMORY_KINDS = {
+    "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated over build, warm-up and timed steps, "
+                                 "each variant alone on the GPU",
+    "cpu_peak_live_tensor_bytes": "peak of live tensor bytes (weights, AdamW state, activations, gradients) "
+                                  "over one step, tracked op by op through the dispatcher; not measured under compile",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +108,12 @@ def throughput_metrics(
     }
 
 
+def split_rounds(iters: int, rounds: int) -> list[int]:
+    """`iters` steps over at most `rounds` rounds, as evenly as possible: (10, 4) -> [3, 3, 2, 2]."""
+    rounds = max(1, min(rounds, iters))
+    return [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
@@ -128,42 +143,42 @@ def device_info(device: torch.device, dtype: str) -> dict[str, Any]:
             "peak_dtype": peak_dtype, "detected": detect_device()}
 
 
-def _proc_status_kb(field_name: str) -> Optional[int]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+class PeakTensorBytes(TorchDispatchMode):
+    """CPU stand-in for torch.cuda.max_memory_allocated over one step: the peak of live tensor-storage
+    bytes. Every storage an op returns is tracked by a weak reference to the C++ storage (views and
+    in-place results share one); dead ones are swept before and after each op; the storages alive at
+    the start (weights, optimizer state, batch) are the baseline. Exact for what autograd and the
+    optimizer allocate through the dispatcher; blind to allocator caching (like CUDA's `allocated`,
+    not `reserved`) and to code that bypasses the dispatcher, so compiled models are not measured."""
 
+    def __init__(self, alive: list[torch.Tensor]):
+        super().__init__()
+        self.refs: dict[int, tuple[StorageWeakRef, int]] = {}
+        for t in alive:
+            self._add(t)
+        self.peak = self.live()
 
-class MemoryProbe:
-    """Peak memory of one variant. CUDA: max_memory_allocated (exact, the variant alone on the GPU).
-    CPU: growth of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS
-    before the variant was built: approximate (allocator caching, other live objects), labelled so."""
+    def _add(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        if storage._cdata not in self.refs:
+            self.refs[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_delta"
-        self.base_kb: Optional[int] = None
+    def _sweep(self) -> None:
+        for key in [k for k, (ref, _) in self.refs.items() if ref.expired()]:
+            del self.refs[key]
 
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
-        self.base_kb = _proc_status_kb("VmRSS")
+    def live(self) -> int:
+        return sum(n for _, n in self.refs.values())
 
-    def peak_gb(self) -> Optional[float]:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**30
-        hwm = _proc_status_kb("VmHWM")
-        if hwm is None or self.base_kb is None:
-            return None
-        return max(hwm - self.base_kb, 0) / 2**20
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._sweep()
+        out = func(*args, **(kwargs or {}))
+        self._sweep()  # a storage freed inside the op may have handed its address to the output
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        self.peak = max(self.peak, self.live())
+        return out
 
 
 def synchronize(device: torch.device) -> None:
@@ -253,6 +268,15 @@ def build_runner(src: DecoderForCausalLM, variant: Variant, device: torch.device
     forward = torch.compile(model) if variant.compile else model
     extra = {"return_logits": variant.loss == "full"} if variant.impl == "ours" else {}
     return Runner(variant, model, forward, optimizer, amp_dtype, scaler, native_class, extra)
+
+
+def cpu_step_peak_bytes(runner: Runner, ids: torch.Tensor) -> int:
+    """Peak live tensor bytes of one step (weights, AdamW state and batch included), see PeakTensorBytes."""
+    alive = [*runner.model.parameters(), *runner.model.buffers(), ids]
+    alive += [t for state in runner.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    with PeakTensorBytes(alive) as tracker:
+        runner.step(ids)
+    return tracker.peak
 
 
 def make_batch(micro_batch: int, seq_len: int, vocab_size: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -358,104 +382,129 @@ def plan_variants(attns: list[str], compiles: list[bool], losses: list[str], nat
     return variants
 
 
-def _row_base(v: Variant) -> dict[str, Any]:
-    return {"label": v.label, "impl": v.impl, "attn": v.attn, "compile": v.compile, "loss": v.loss,
-            "status": "ok", "reason": None, "native_class": None}
+class Session:
+    """One benchmark run: every variant of `plan_variants`, from the same source weights and batch.
 
+    Per variant: `prepare` (build, size the micro-batch, warm up and compile, count host syncs),
+    `measure` (timed steps; called once, or once per round when interleaving), `finish` (peak memory,
+    optional profile, free). A failure marks that variant's row (skipped / oom / error, with the
+    reason) and the run goes on."""
 
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(args.device)
-    overrides = parse_overrides(args.set or [])
-    config = DecoderConfig.from_preset(args.preset, **overrides)
-    if args.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
-        raise SystemExit(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings}")
-    dev = device_info(device, args.dtype)
-    fpt = flops_per_token(config, args.seq_len)
-    torch.manual_seed(args.seed)
-    src = DecoderForCausalLM(config).eval()  # fp32 on CPU: every variant starts from these weights
+    def __init__(self, args: argparse.Namespace, config: DecoderConfig, device: torch.device):
+        self.args, self.config, self.device = args, config, device
+        torch.manual_seed(args.seed)
+        self.src = DecoderForCausalLM(config).eval()  # fp32 on CPU: every variant starts from these weights
+        self.variants = plan_variants(args.attn, args.compile, args.loss, not args.no_native)
+        self.rows: dict[str, dict[str, Any]] = {v.label: self._row(v) for v in self.variants}
+        self.times: dict[str, list[float]] = {v.label: [] for v in self.variants}
+        self.runners: dict[str, Runner] = {}
+        self.batches: dict[str, torch.Tensor] = {}
+        self.profiles: list[str] = []
 
-    variants = plan_variants(args.attn, args.compile, args.loss, not args.no_native)
-    rows: dict[str, dict[str, Any]] = {v.label: _row_base(v) for v in variants}
-    runners: dict[str, Runner] = {}
-    batches: dict[str, torch.Tensor] = {}
-    times: dict[str, list[float]] = {v.label: [] for v in variants}
-    profiles: list[str] = []
+    @staticmethod
+    def _row(v: Variant) -> dict[str, Any]:
+        return {"label": v.label, "impl": v.impl, "attn": v.attn, "compile": v.compile, "loss": v.loss,
+                "status": "ok", "reason": None, "native_class": None}
 
-    def fail(v: Variant, status: str, exc: BaseException) -> None:
-        rows[v.label].update(status=status, reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        logger.warning("%s %s: %s", v.label, status, rows[v.label]["reason"])
-        runners.pop(v.label, None)
-        free_device_memory(device)
+    def run(self) -> None:
+        groups: dict[tuple, list[Variant]] = {}
+        for v in self.variants:
+            groups.setdefault(v.group, []).append(v)
+        for i, ((attn, comp), members) in enumerate(groups.items(), 1):
+            logger.info("[%d/%d] attn=%s compile=%s: %s", i, len(groups), attn, "on" if comp else "off",
+                        ", ".join(v.label for v in members))
+            if self.args.interleave:  # all alive at once, timed in alternating rounds
+                for v in members:
+                    self.prepare(v)
+                for r, n in enumerate(split_rounds(self.args.iters, self.args.rounds)):
+                    for v in (members if r % 2 == 0 else members[::-1]):  # alternate who goes first
+                        self.measure(v, n)
+                for v in members:
+                    self.finish(v)
+            else:  # one at a time, alone on the device
+                for v in members:
+                    self.prepare(v)
+                    self.measure(v, self.args.iters)
+                    self.finish(v)
 
-    def prepare(v: Variant) -> None:
-        """Build, size the micro-batch, warm up (compiles), check syncs; fills the row's static fields."""
-        row = rows[v.label]
-        probe = MemoryProbe(device)
-        probe.start()
+    def fail(self, v: Variant, status: str, exc: BaseException) -> None:
+        self.rows[v.label].update(status=status, reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        logger.warning("%s %s: %s", v.label, status, self.rows[v.label]["reason"])
+        self.runners.pop(v.label, None)
+        self.batches.pop(v.label, None)
+        free_device_memory(self.device)
+
+    def prepare(self, v: Variant) -> None:
+        args, row = self.args, self.rows[v.label]
+        if self.device.type == "cuda":  # peak over build + warm-up + timed steps, read in finish()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            runner = build_runner(src, v, device, args.dtype, args.precision)
-        except (ImportError, ValueError) as exc:  # unavailable backend, or not expressible natively
-            return fail(v, "skipped", exc)
+            runner = build_runner(self.src, v, self.device, args.dtype, args.precision)
+        except (ImportError, ValueError) as exc:  # backend unavailable here, or not expressible natively
+            return self.fail(v, "skipped", exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. the weights alone do not fit
+            return self.fail(v, "oom" if is_oom(exc) else "error", exc)
         row["native_class"] = runner.native_class
-        runners[v.label] = runner
+        self.runners[v.label] = runner
         try:
             mb = args.micro_batch
             if mb == "auto":
-                mb = (find_max_micro_batch(runner, args.seq_len, config.vocab_size, device, args.seed, args.max_micro_batch)
-                      if device.type == "cuda" else CPU_DEFAULTS["micro_batch"])
-            ids = make_batch(int(mb), args.seq_len, config.vocab_size, device, args.seed)
+                mb = CPU_DEFAULTS["micro_batch"] if self.device.type != "cuda" else find_max_micro_batch(
+                    runner, args.seq_len, self.config.vocab_size, self.device, args.seed, args.max_micro_batch)
+            ids = make_batch(mb, args.seq_len, self.config.vocab_size, self.device, args.seed)
             t0 = time.perf_counter()
             first = runner.step(ids)
             for _ in range(args.warmup - 1):
                 runner.step(ids)
-            synchronize(device)
+            synchronize(self.device)
             row["warmup_s"] = time.perf_counter() - t0
-            row["loss_first_step"] = float(first)  # host sync, outside the timed loop
+            row["loss_first_step"] = float(first)  # a host sync, outside the timed loop
             row["host_syncs_per_step"] = count_host_syncs(runner, ids)
-        except Exception as exc:  # noqa: BLE001 - compile failures, OOM: reported per row, the run goes on
-            return fail(v, "oom" if is_oom(exc) else "error", exc)
-        batches[v.label] = ids
-        row.update(micro_batch=int(mb), seq_len=args.seq_len, tokens_per_step=int(mb) * args.seq_len)
-        row["peak_memory_gb"], row["memory_kind"] = probe.peak_gb(), probe.kind
+        except Exception as exc:  # noqa: BLE001 - compile failures, OOM: reported per row
+            return self.fail(v, "oom" if is_oom(exc) else "error", exc)
+        self.batches[v.label] = ids
+        row.update(micro_batch=mb, seq_len=args.seq_len, tokens_per_step=mb * args.seq_len)
+        row["peak_memory_gb"], row["memory_kind"] = None, None
+        if self.device.type == "cpu" and not v.compile:  # one more (untimed) step, tracked op by op
+            row["peak_memory_gb"] = cpu_step_peak_bytes(runner, ids) / 2**30
+            row["memory_kind"] = "cpu_peak_live_tensor_bytes"
+        elif self.device.type == "cuda":
+            row["memory_kind"] = "cuda_max_memory_allocated"
 
-    def timed(v: Variant, n: int) -> None:
-        if v.label not in runners:
+    def measure(self, v: Variant, n: int) -> None:
+        if v.label not in self.runners:
             return
         try:
-            times[v.label] += time_steps(runners[v.label], batches[v.label], n)
+            self.times[v.label] += time_steps(self.runners[v.label], self.batches[v.label], n)
         except Exception as exc:  # noqa: BLE001
-            fail(v, "oom" if is_oom(exc) else "error", exc)
+            self.fail(v, "oom" if is_oom(exc) else "error", exc)
 
-    def finish(v: Variant) -> None:
-        if v.label in runners:
-            if device.type == "cuda":  # the peak of build + warm-up + timed steps, this variant alone
-                rows[v.label]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            if args.profile:
-                profiles.append(profile_runner(runners[v.label], batches[v.label], args.profile_steps, Path(args.profile)))
-        runners.pop(v.label, None)
-        batches.pop(v.label, None)
-        free_device_memory(device)
+    def finish(self, v: Variant) -> None:
+        if v.label in self.runners:
+            if self.device.type == "cuda":  # the peak over build + warm-up + timed steps, this variant alone
+                self.rows[v.label]["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            if self.args.profile:
+                self.profiles.append(profile_runner(self.runners[v.label], self.batches[v.label],
+                                                    self.args.profile_steps, Path(self.args.profile)))
+        self.runners.pop(v.label, None)
+        self.batches.pop(v.label, None)
+        free_device_memory(self.device)
 
-    groups: dict[tuple, list[Variant]] = {}
-    for v in variants:
-        groups.setdefault(v.group, []).append(v)
-    for i, (group, members) in enumerate(groups.items(), 1):
-        logger.info("[%d/%d] attn=%s compile=%s: %s", i, len(groups), group[0], "on" if group[1] else "off",
-                    ", ".join(v.label for v in members))
-        if args.interleave:  # all alive at once, timed in alternating rounds
-            for v in members:
-                prepare(v)
-            per_round = max(1, math.ceil(args.iters / args.rounds))
-            for r in range(args.rounds):
-                for v in (members if r % 2 == 0 else members[::-1]):
-                    timed(v, per_round)
-            for v in members:
-                finish(v)
-        else:  # one at a time: alone on the device
-            for v in members:
-                prepare(v)
-                timed(v, args.iters)
-                finish(v)
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every variant; returns the result document (rows, ratios, summary) written as JSON."""
+    device = torch.device(args.device)
+    overrides = parse_overrides(args.set or [])
+    config = DecoderConfig.from_preset(args.preset, **overrides)
+    if args.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
+        raise SystemExit(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings} "
+                         "of the learned position table; lower --seq-len or --set max_position_embeddings=...")
+    dev = device_info(device, args.dtype)
+    fpt = flops_per_token(config, args.seq_len)
+    session = Session(args, config, device)
+    session.run()
+    variants, rows, times, profiles = session.variants, session.rows, session.times, session.profiles
 
     peak = dev["peak_flops"]
     for v in variants:
@@ -477,12 +526,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "preset": args.preset, "overrides": overrides, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
             "dtype": args.dtype, "precision": args.precision, "warmup": args.warmup, "iters": args.iters,
-            "rounds": args.rounds if args.interleave else 1, "interleave": args.interleave, "seed": args.seed,
+            "rounds": len(split_rounds(args.iters, args.rounds)) if args.interleave else 1,
+            "interleave": args.interleave, "seed": args.seed,
             "optimizer": "training.optim.build_optimizer (AdamW; fused on CUDA)",
-            "loss_chunk_size": getattr(DecoderForCausalLM, "loss_chunk_size", None),
+            "loss_chunk_size": DecoderForCausalLM.loss_chunk_size or auto_chunk_size(config.vocab_size),
         },
         "model": {
-            "architecture": config.to_diff_dict(), "parameters": count_parameters(config)["total"],
+            "architecture": {f: getattr(config, f) for f in ARCH_FIELDS}, "parameters": count_parameters(config)["total"],
             "flops_per_token": fpt, "flops_definition": FLOPS_DEFINITION,
         },
         "rows": [rows[v.label] for v in variants],
@@ -490,8 +540,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     result["summary"] = summarize(result["rows"])
     result["ratio_tokens_per_sec_vs_native"] = result["summary"]["ratio_tokens_per_sec_vs_native"]
     if profiles:
-        result["profile_dir"] = str(args.profile)
-        print("\n\n".join(profiles))
+        result["profile_dir"], result["profiles"] = str(args.profile), profiles
     return result
 
 
@@ -537,45 +586,53 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+MD_HEADER = ("| variant | mb | step ms median (min / p90) | tokens/s | TFLOP/s | MFU | peak mem GB "
+             "| ours/native tok/s (best step) | first loss |\n|---|---:|---|---:|---:|---:|---:|---|---:|")
+
+
+def _md_row(r: dict[str, Any]) -> str:
+    if r["status"] != "ok":
+        return f"| {r['label']} | | {r['status']}: {r['reason']} | | | | | | |"
+    st = r["step_time_ms"]
+    mfu_pct = None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    ratio = _fmt(r["ratio_tokens_per_sec_vs_native"], ".3f")
+    if r["ratio_best_step_vs_native"] is not None:
+        ratio += f" ({r['ratio_best_step_vs_native']:.3f})"
+    return (f"| {r['label']} | {r['micro_batch']} | {st['median']:.2f} ({st['min']:.2f} / {st['p90']:.2f}) "
+            f"| {r['tokens_per_sec']:,.0f} | {r['tflops']:.3f} | {mfu_pct or '-'} | {_fmt(r['peak_memory_gb'], '.3f')} "
+            f"| {ratio} | {_fmt(r['loss_first_step'], '.4f')} |")
+
+
 def to_markdown(result: dict[str, Any]) -> str:
-    s, m, d = result["settings"], result["model"], result["device"]
+    s, m, d, env, sm = result["settings"], result["model"], result["device"], result["environment"], result["summary"]
     over = " ".join(f"{k}={v}" for k, v in s["overrides"].items())
+    rounds = f", interleaved in {s['rounds']} rounds" if s["interleave"] else ""
     lines = [
         f"# Training-step benchmark: {s['preset']}{' ' + over if over else ''} on {d['label']} ({d['name']})",
         "",
         f"`{result['command']}`  ",
-        f"{result['created_utc']}; torch {result['environment']['torch']}, transformers "
-        f"{result['environment']['transformers']}, {result['environment']['cpu_threads']} CPU threads  ",
-        f"seq_len {s['seq_len']}, dtype {s['dtype']} ({s['precision']}), warm-up {s['warmup']}, {s['iters']} timed steps"
-        f"{', interleaved in %d rounds' % s['rounds'] if s['interleave'] else ''}; "
-        f"{m['parameters'] / 1e6:.2f}M parameters, {m['flops_per_token'] / 1e6:.2f} MFLOP/token ({m['flops_definition']})",
+        f"{result['created_utc']}; torch {env['torch']}, transformers {env['transformers']}, {env['cpu_threads']} CPU threads  ",
+        f"seq_len {s['seq_len']}, dtype {s['dtype']} ({s['precision']}), warm-up {s['warmup']}, "
+        f"{s['iters']} timed steps{rounds}; {m['parameters'] / 1e6:.2f}M parameters, "
+        f"{m['flops_per_token'] / 1e6:.2f} MFLOP/token ({m['flops_definition']})",
         "",
-        "| variant | mb | step ms median (min / p90) | tokens/s | TFLOP/s | MFU | peak mem GB | ours/native tok/s (best step) | first loss |",
-        "|---|---:|---|---:|---:|---:|---:|---|---:|",
-    ]
-    for r in result["rows"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['label']} | | {r['status']}: {r['reason']} | | | | | | |")
-            continue
-        st = r["step_time_ms"]
-        lines.append(
-            f"| {r['label']} | {r['micro_batch']} | {st['median']:.2f} ({st['min']:.2f} / {st['p90']:.2f}) "
-            f"| {r['tokens_per_sec']:,.0f} | {r['tflops']:.3f} | {_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} "
-            f"| {_fmt(r['peak_memory_gb'], '.3f')} | {_fmt(r['ratio_tokens_per_sec_vs_native'], '.3f')}"
-            f"{'' if r['ratio_best_step_vs_native'] is None else ' (%.3f)' % r['ratio_best_step_vs_native']} "
-            f"| {_fmt(r['loss_first_step'], '.4f')} |"
-        )
-    sm = result["summary"]
-    mem_kind = next((r["memory_kind"] for r in result["rows"] if r.get("memory_kind")), None)
-    lines += [
+        MD_HEADER,
+        *(_md_row(r) for r in result["rows"]),
         "",
         f"ours/native tokens/s: worst {_fmt(sm['ratio_tokens_per_sec_vs_native'], '.3f')}, geomean "
-        f"{_fmt(sm['ratio_tokens_per_sec_vs_native_geomean'], '.3f')}, best {_fmt(sm['ratio_tokens_per_sec_vs_native_max'], '.3f')} "
-        f"(from median steps; from the fastest steps, geomean {_fmt(sm['ratio_best_step_vs_native_geomean'], '.3f')}).  ",
-        f"Peak memory: {mem_kind}"
-        + (" (process RSS growth while building and warming up the variant; approximate)" if mem_kind == "cpu_peak_rss_delta" else "")
-        + ". MFU is null without a known dense peak (CPU).",
+        f"{_fmt(sm['ratio_tokens_per_sec_vs_native_geomean'], '.3f')}, best "
+        f"{_fmt(sm['ratio_tokens_per_sec_vs_native_max'], '.3f')} (from median steps; from the fastest steps, "
+        f"geomean {_fmt(sm['ratio_best_step_vs_native_geomean'], '.3f')}).  ",
     ]
+    mem_kind = next((r["memory_kind"] for r in result["rows"] if r.get("memory_kind")), None)
+    lines.append(f"Peak memory: {MEMORY_KINDS.get(mem_kind, 'not measured')}.  ")
+    if d["peak_flops"] is None:
+        lines.append("MFU: null, no known dense peak for this device.")
+    else:
+        lines.append(f"MFU against {d['peak_flops'] / 1e12:.1f} TFLOP/s ({d['peak_dtype']} dense peak of {d['label']}).")
+    syncs = {r["label"]: r.get("host_syncs_per_step") for r in result["rows"] if r.get("host_syncs_per_step") is not None}
+    if syncs:
+        lines.append("  \nHost syncs per step: " + ", ".join(f"{k} {v}" for k, v in syncs.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -614,11 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
                    help="time the variants of one configuration in alternating rounds, all alive at once "
                         "(default: on for CPU, off for CUDA where each runs alone for memory and batch size)")
+    p.add_argument("--threads", type=int, help="CPU: torch.set_num_threads (default: torch's choice). On a shared "
+                   "machine 1 thread is far steadier than an oversubscribed pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", metavar="DIR", help="also profile --profile-steps steps of each variant: chrome "
                    "traces in DIR, top-ops tables on stdout")
     p.add_argument("--profile-steps", type=int, default=3)
-    p.add_argument("--json", metavar="FILE", help="write the JSON here (default: benchmarks/results/<device>-<date>[-<tag>].json)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the JSON here (default: benchmarks/results/<device>-<date>[-<tag>].json)")
     p.add_argument("--md", metavar="FILE", help="write the markdown table here (default: next to the default JSON)")
     p.add_argument("--tag", help="suffix of the default file names, e.g. the preset")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -656,7 +716,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = resolve_args(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run_benchmark(args)
+    if result.get("profiles"):
+        print("\n\n".join(result.pop("profiles")))
     md = to_markdown(result)
     print(md)
     json_path, md_path = default_paths(result, args.tag)

@@ -82,6 +82,21 @@ def test_ratios_pair_ours_with_native_of_the_same_backend_and_compile():
     assert summary["skipped"] == {"ours/sdpa/compile-off/full": "boom"}
 
 
+def test_cpu_peak_tensor_bytes_by_hand():
+    a = torch.zeros(1000)  # 4000 bytes, alive before: the baseline
+    with benchmark.PeakTensorBytes([a]) as tracker:
+        assert tracker.live() == 4000
+        b = torch.cat([a, a])  # + 8000
+        c = b[:500] * 1  # + 2000 -> 14000, the peak
+        view = c.view(-1)  # a view shares c's storage: + 0
+        del b  # - 8000
+        d = c.repeat(2)  # + 4000 -> 10000
+        c.mul_(2)  # in place: + 0
+    assert tracker.peak == 14000
+    assert tracker.live() == 10000
+    assert view.shape == (500,) and d.shape == (1000,)
+
+
 def test_cli_rejects_unknown_choices():
     with pytest.raises(SystemExit, match="flash"):
         benchmark.resolve_args(benchmark.build_parser().parse_args(["--device", "cpu", "--attn", "sdpa,flash"]))
@@ -132,7 +147,7 @@ def test_json_schema(tiny_run):
     row_types = {"label": str, "impl": str, "attn": str, "compile": bool, "loss": str, "status": str,
                  "micro_batch": int, "seq_len": int, "tokens_per_step": int, "step_time_ms": dict,
                  "tokens_per_sec": float, "tokens_per_sec_best_step": float, "tflops": float,
-                 "loss_first_step": float, "memory_kind": str, "warmup_s": float}
+                 "loss_first_step": float, "memory_kind": str, "peak_memory_gb": float, "warmup_s": float}
     for row in result["rows"]:
         assert row["status"] in ("ok", "skipped", "oom", "error")
         if row["status"] != "ok":
@@ -143,7 +158,7 @@ def test_json_schema(tiny_run):
         assert set(row["step_time_ms"]) == {"median", "min", "p90", "mean", "n"}
         assert row["mfu"] is None  # CPU
         assert row["host_syncs_per_step"] is None  # counted on CUDA only
-        assert row["peak_memory_gb"] is None or row["peak_memory_gb"] >= 0
+        assert row["memory_kind"] == "cpu_peak_live_tensor_bytes" and row["peak_memory_gb"] > 0
         if row["impl"] == "ours":
             assert isinstance(row["ratio_tokens_per_sec_vs_native"], float)
     s = result["summary"]
@@ -192,6 +207,27 @@ def test_chunked_loss_and_grads_equal_the_plain_path_fp32(preset):
     # shift_labels (what PackedTokenDataset yields) takes the same path
     shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
     torch.testing.assert_close(model(input_ids=ids, shift_labels=shifted, return_logits=False).loss, plain.loss, **FP32_TOL)
+
+
+def test_chunked_loss_falls_back_when_the_head_weight_is_partitioned():
+    """DeepSpeed ZeRO-3 leaves an empty placeholder in lm_head.weight outside lm_head's forward (its
+    hooks gather the real tensor): return_logits=False must then go through lm_head, not read .weight."""
+    model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).train()
+    ids = torch.randint(0, 2048, (2, 16))
+    expected = model(input_ids=ids, labels=ids).loss
+
+    class Partitioned(torch.nn.Module):  # what ZeRO-3 looks like from outside the module's forward
+        def __init__(self, full: torch.Tensor):
+            super().__init__()
+            self.full, self.weight = full, torch.nn.Parameter(torch.empty(0))
+
+        def forward(self, h):
+            return h @ self.full.t()
+
+    model.lm_head = Partitioned(model.lm_head.weight.detach())
+    out = model(input_ids=ids, labels=ids, return_logits=False)
+    torch.testing.assert_close(out.loss, expected, **FP32_TOL)
+    assert out.logits is not None  # the full path ran
 
 
 def test_chunked_loss_under_bf16_autocast_stays_at_bf16_rounding():
