@@ -52,7 +52,8 @@ def failure(log: str) -> str:
 def run_training(config_file, *args, timeout=600, env=None, launcher_args=()):
     """Run to completion under a timeout (a gloo process can hang at exit); the process group is killed on timeout."""
     cmd = train_command(config_file, *args, launcher_args=launcher_args)
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
+    # CPU only, even on a GPU machine: the assertions (gloo, sdpa, null MFU) describe the CPU runs
+    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:

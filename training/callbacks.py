@@ -236,7 +236,7 @@ class Checkpointer:
         self._save(trainer, export=False, reason="preempted")
 
     def on_train_end(self, trainer) -> None:
-        if trainer.state.iter == trainer.cfg.max_iters and not trainer.stop_requested:
+        if trainer.state.iter == trainer.cfg.max_iters and not trainer.preempted:
             self._save(trainer, export=trainer.cfg.export_hf, reason="final")
 
     def _save(self, trainer, export: bool, reason: str = "interval") -> None:

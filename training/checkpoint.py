@@ -60,14 +60,19 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     acc.save_state(str(tmp / "accelerate"))
     atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
     full_state = acc.get_state_dict(trainer.model)  # collective under ZeRO-3 (gathers shards)
+    acc.wait_for_everyone()  # every rank's files are on disk before rank 0 commits the directory
     if acc.is_main_process:
         model = acc.unwrap_model(trainer.model)
-        model.save_pretrained(tmp / "model", state_dict=full_state)
+        # save_pretrained pops the tensors out of the dict it is given: hand it a shallow copy
+        model.save_pretrained(tmp / "model", state_dict=dict(full_state))
         if trainer.tokenizer is not None:
             trainer.tokenizer.save_pretrained(tmp / "model")
         if export_hf:
             _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf")
         atomic_write_json(tmp / "trainer_state.json", trainer.state.to_dict() | {"world_size": acc.num_processes})
+        missing = [r for r in range(acc.num_processes) if not (tmp / f"data_state_rank{r}.json").exists()]
+        if missing:
+            raise RuntimeError(f"checkpoint {tmp} lacks the data state of ranks {missing}; not committing it")
         if final.exists():  # the same iteration saved again (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -83,9 +88,11 @@ def _export_native(config, state_dict, tokenizer, out: Path) -> None:
 
     from modeling import DecoderForCausalLM, NotExportableError, export_hf
 
+    from modeling.hf_export import _load_exactly
+
     with no_init_weights():
         model = DecoderForCausalLM(config)
-    model.load_state_dict({k: v.to("cpu") for k, v in state_dict.items()}, strict=False)
+    _load_exactly(model, {k: v.to("cpu") for k, v in state_dict.items()})  # strict: no silent garbage
     model.tie_weights()
     try:
         export_hf(model, out, tokenizer=tokenizer)

@@ -42,9 +42,9 @@ class TrainConfig:
     warmup_iters: int = 100  # linear warmup steps
     lr_decay_iters: Optional[int] = None  # end of the cosine decay; None: max_iters
     weight_decay: float = 0.1  # AdamW decay, applied to >= 2-D weights only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    adam_eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # global-norm clipping; 0 disables (written into the DeepSpeed config)
     fused_adamw: Optional[bool] = None  # None: fused kernel when on CUDA
     # --- precision and speed -----------------------------------------------------------------------
@@ -81,6 +81,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: choose one of {PRECISIONS}")
+        for name in ("global_batch_size", "global_batch_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.global_batch_size is not None and self.global_batch_tokens is not None:
             raise ValueError("set global_batch_size (sequences) or global_batch_tokens, not both")
         if self.global_batch_tokens is not None and self.global_batch_tokens % self.seq_len:

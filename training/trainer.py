@@ -54,7 +54,8 @@ class Trainer:
         self.grad_accum_steps, self.tokens_per_iter = grad_accum_steps, tokens_per_iter
         self.callbacks, self.run_info = callbacks, run_info
         self.state = TrainState()
-        self.stop_requested = False  # set by SIGTERM/SIGINT; acted on at an agreed iteration
+        self.stop_requested = False  # set by SIGTERM/SIGINT on this rank
+        self.preempted = False  # the ranks agreed to stop: checkpoint and exit
         self.untimed_s = 0.0  # seconds spent in evals/checkpoints, excluded from throughput
         self._batches: Optional[Iterator] = None
 
@@ -70,6 +71,7 @@ class Trainer:
             self.state.tokens += self.tokens_per_iter
             self._emit("on_step_end", out)
             if self._should_stop():
+                self.preempted = True
                 self._emit("on_preempt")
                 break
         self._emit("on_train_end")
@@ -87,7 +89,8 @@ class Trainer:
             # DeepSpeed engine is told the accumulation boundary). Losses are scaled by 1/steps.
             with self.accelerator.accumulate(self.model):
                 with nvtx("forward"):
-                    loss = self.model(input_ids=x, shift_labels=y).loss
+                    # chunked LM-head loss: the full (tokens x vocab) fp32 logits never exist
+                    loss = self.model(input_ids=x, shift_labels=y, return_logits=False).loss
                 loss_sum += loss.detach()
                 grad_norm = self._backward_and_step(loss) if self.accelerator.sync_gradients else self._backward(loss)
         with nvtx("sched_step"):
@@ -172,10 +175,10 @@ class Trainer:
             signal.signal(sig, request_stop)
 
     def _should_stop(self) -> bool:
-        """Agree across ranks on stopping: every step on one process, on log steps otherwise (they sync anyway)."""
+        """Agree across ranks on stopping, every step: torchrun kills the workers 30 s after
+        forwarding SIGTERM, so waiting for a log step could miss the window. One 1-element
+        all-reduce per step is the price (a host sync on CUDA)."""
         if self.accelerator.num_processes == 1:
             return self.stop_requested
-        if not self.is_step(self.cfg.log_interval):
-            return False
         flag = torch.tensor(float(self.stop_requested), device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)

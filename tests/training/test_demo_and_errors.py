@@ -45,6 +45,17 @@ def test_demo_recipe_learns_and_logs_everything(demo_data, tmp_path):
     assert (ckpt / "model" / "model.safetensors").exists() and (ckpt / "model" / "tokenizer.json").exists()
     assert (ckpt / "hf" / "config.json").exists()  # native LlamaForCausalLM export of the final weights
     assert json.loads((ckpt / "hf" / "config.json").read_text())["model_type"] == "llama"
+    # the native export holds the trained weights: same logits as our own saved model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from modeling import DecoderForCausalLM
+
+    ours = DecoderForCausalLM.from_pretrained(ckpt / "model").eval()
+    native = AutoModelForCausalLM.from_pretrained(ckpt / "hf").eval()
+    ids = torch.randint(0, 2048, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(native(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-4, rtol=0)
 
 
 def _fails_before_training(tmp_path, *args, config_file=None):
