@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 from data_prep.atomic import atomic_write_json, atomic_write_text
 from .checkpoint import as_native, find_tokenizer_dir, load_model, load_tokenizer, model_summary, resolve_checkpoint
-from .errors import EvalError
+from .errors import EvalError, run_cli
 from .report import SCHEMA, default_output_path, load_results_file, markdown_report
 from .scoring import METRIC_DOCS, score_samples, task_results
 from .taskspec import DEFAULT_TASKS, load_tasks, parse_task_names
@@ -290,15 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)
-    try:
-        return _main(args)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from data_prep.atomic import atomic_write_dir
 from .checkpoint import (
     ResolvedCheckpoint, as_native, find_tokenizer_dir, load_raw_model, load_tokenizer, resolve_checkpoint,
 )
-from .errors import EvalError
+from .errors import EvalError, run_cli
 from .harness import DTYPES
 from .model_card import architecture, render_model_card
 from .report import load_results_file
@@ -223,15 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)
-    try:
-        return _main(args)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:
