@@ -48,7 +48,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> DecoderForCausalLM:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = DecoderForCausalLM(config)
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:
         for block in model.model.layers:  # per block: short compile, unchanged state-dict keys
             block.compile()
