@@ -211,6 +211,19 @@ def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 
 @torch.no_grad()
+def build_with_weights(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], device=None,
+                       dtype=None, training: bool = False) -> torch.nn.Module:
+    """`build()` without random init (real storage: buffers such as RoPE's inv_freq are computed as
+    usual), moved to device/dtype, loaded strictly from `state`, tied, in train or eval mode."""
+    with no_init_weights():
+        model = build()
+    model.to(device=device, dtype=dtype)
+    _load_exactly(model, state)
+    model.tie_weights()
+    return model.train(training)
+
+
+@torch.no_grad()
 def to_hf(model: DecoderForCausalLM) -> PreTrainedModel:
     """A native transformers model with the same weights (and logits) as `model`."""
     config = model.config
@@ -225,13 +238,7 @@ def to_hf(model: DecoderForCausalLM) -> PreTrainedModel:
         for key, tensor in zip(hf_keys, forward(ours[our_key])):
             state[key] = tensor.contiguous().clone()
     param = next(model.parameters())
-    with no_init_weights():  # real storage (buffers such as RoPE's inv_freq computed as usual), no random init
-        hf_model = cls(hf_config)
-    hf_model.to(device=param.device, dtype=param.dtype)
-    _load_exactly(hf_model, state)
-    hf_model.tie_weights()
-    hf_model.train(model.training)
-    return hf_model
+    return build_with_weights(lambda: cls(hf_config), state, param.device, param.dtype, model.training)
 
 
 @torch.no_grad()
@@ -248,13 +255,7 @@ def from_hf(hf_model: PreTrainedModel, attn_implementation: str | None = None) -
             raise RuntimeError(f"native checkpoint lacks {missing}")
         state[our_key] = backward([theirs[k] for k in hf_keys]).contiguous().clone()
     param = next(hf_model.parameters())
-    with no_init_weights():
-        model = DecoderForCausalLM(config)
-    model.to(device=param.device, dtype=param.dtype)
-    _load_exactly(model, state)
-    model.tie_weights()
-    model.train(hf_model.training)
-    return model
+    return build_with_weights(lambda: DecoderForCausalLM(config), state, param.device, param.dtype, hf_model.training)
 
 
 def export_hf(model: DecoderForCausalLM, out_dir: str | os.PathLike, tokenizer=None) -> str:

@@ -84,16 +84,11 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
 def _export_native(config, state_dict, tokenizer, out: Path) -> None:
     """The native transformers export, from the gathered full state (rank 0 only: under ZeRO-3,
     `from_pretrained` would enter DeepSpeed's zero.Init, a collective the other ranks never join)."""
-    from transformers.initialization import no_init_weights
-
     from modeling import DecoderForCausalLM, NotExportableError, export_hf
+    from modeling.hf_export import build_with_weights
 
-    from modeling.hf_export import _load_exactly
-
-    with no_init_weights():
-        model = DecoderForCausalLM(config)
-    _load_exactly(model, {k: v.to("cpu") for k, v in state_dict.items()})  # strict: no silent garbage
-    model.tie_weights()
+    # strict load: a missing tensor is an error, never silent garbage in the export
+    model = build_with_weights(lambda: DecoderForCausalLM(config), {k: v.to("cpu") for k, v in state_dict.items()})
     try:
         export_hf(model, out, tokenizer=tokenizer)
     except NotExportableError as exc:  # e.g. gpt2-1.36b's decoupled head_dim: keep our format only
