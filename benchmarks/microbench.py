@@ -72,6 +72,22 @@ def rope_before(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def eager_before(q, k, v, scale):
+    """modeling/attention.py eager_attention before commit "eager attention: grouped GQA, additive mask"
+    (causal path): repeat_interleave of K/V, masked_fill with a boolean mask."""
+    nh, nkv = q.shape[2], k.shape[2]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if nkv != nh:
+        k = k.repeat_interleave(nh // nkv, dim=1)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    tq, tk = scores.shape[-2:]
+    mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v).transpose(1, 2)
+
+
 def mask_additive(q, k, v, scale):
     """HF's eager attention for comparison: an additive float mask (its backward is free)."""
     nh, nkv, (B, T) = q.shape[2], k.shape[2], q.shape[:2]
@@ -172,14 +188,16 @@ def main(argv: list[str] | None = None) -> dict:
         torch.testing.assert_close(apply_rope(x, *new), rope_before(x, *old), atol=1e-5, rtol=1e-5)
         fns = {"before": lambda: rope_before(x, *old), "after": lambda: apply_rope(x, *new)}
         params = [x]
-    else:  # mask: our eager attention (bool mask, masked_fill) vs an additive mask (HF)
+    else:  # mask: our eager attention before / now, and HF's (additive mask, expanded K/V)
         n = args.tokens or 256
         q = torch.randn(2, n // 2, args.heads, args.head_dim, device=dev, dtype=dtype, requires_grad=True)
         k = torch.randn(2, n // 2, args.kv_heads, args.head_dim, device=dev, dtype=dtype, requires_grad=True)
         v = torch.randn_like(k, requires_grad=True)
         scale = args.head_dim ** -0.5
-        fns = {"masked_fill (ours)": lambda: eager_attention(q, k, v, causal=True, mask=None, dropout_p=0.0, scale=scale),
-               "additive (HF)": lambda: mask_additive(q, k, v, scale)}
+        fns = {"before": lambda: eager_before(q, k, v, scale),
+               "after": lambda: eager_attention(q, k, v, causal=True, mask=None, dropout_p=0.0, scale=scale),
+               "HF eager": lambda: mask_additive(q, k, v, scale)}
+        torch.testing.assert_close(fns["after"](), fns["before"](), atol=1e-5, rtol=1e-5)
         params = [q, k, v]
 
     memory = peak_rss_mib(dict(reversed(fns.items())), params) if args.memory else None

@@ -27,27 +27,49 @@ logger = logging.getLogger(__name__)
 FLASH_INSTALL_HINT = "pip install flash-attn --no-build-isolation (needs CUDA and a matching torch build)"
 
 
+def _additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean may-attend mask -> 0 / dtype-min float bias. Adding it costs nothing in backward, unlike
+    masked_fill (whose backward masks the gradient again)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
 def eager_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
-    """Reference implementation: explicit softmax(QK^T * scale) V with the softmax in float32."""
-    nh, nkv = q.shape[2], k.shape[2]
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
-    if nkv != nh:  # each KV head serves nh // nkv consecutive query heads
-        k = k.repeat_interleave(nh // nkv, dim=1)
-        v = v.repeat_interleave(nh // nkv, dim=1)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
+    """Reference implementation: explicit softmax(QK^T * scale + bias) V with the softmax in float32.
+
+    GQA without copying K/V: the g = nh // nkv query heads that share a KV head are stacked along the
+    sequence axis, (B, nkv, g*Tq, hd), so one batched matmul per KV head serves the whole group (a
+    repeat_interleave of K and V would copy them g times and scatter-add their gradients back).
+    """
+    B, Tq, nh, hd = q.shape
+    Tk, nkv = k.shape[1], k.shape[2]
+    g = nh // nkv  # query head h uses KV head h // g
+    q = q.view(B, Tq, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * Tq, hd)
+    scores = torch.matmul(q, k.permute(0, 2, 3, 1)).view(B, nkv, g, Tq, Tk) * scale
     if causal:
-        tq, tk = scores.shape[-2:]
-        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+    if mask is not None:  # (Tq, Tk) or (B, 1, Tq, Tk) -> broadcast over (B, nkv, g, Tq, Tk)
+        bias = _additive_bias(mask, scores.dtype)
+        scores = scores + (bias[:, :, None] if bias.dim() == 4 else bias)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
-    return torch.matmul(probs, v).transpose(1, 2)  # (B, Tq, nh, hd)
+    out = torch.matmul(probs.view(B, nkv, g * Tq, Tk), v.transpose(1, 2))  # (B, nkv, g*Tq, hd)
+    return out.view(B, nkv, g, Tq, hd).permute(0, 3, 1, 2, 4).reshape(B, Tq, nh, hd)
+
+
+def _repeat_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, nkv, T, hd) -> (B, nkv * n_rep, T, hd), KV head j serving query heads j*n_rep ... j*n_rep+n_rep-1."""
+    B, nkv, T, hd = t.shape
+    return t[:, :, None].expand(B, nkv, n_rep, T, hd).reshape(B, nkv * n_rep, T, hd)
 
 
 def sdpa_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
     """torch's scaled_dot_product_attention; on CUDA with causal=True it runs a FlashAttention-2 kernel."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd), views: SDPA takes strided inputs
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1 and mask is not None:
+        # SDPA's fused CUDA kernels take enable_gqa only without an explicit mask; with one it would
+        # fall back to the math kernel, so repeat K/V instead (padded evaluation and generation only).
+        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=scale,
         enable_gqa=k.shape[1] != q.shape[1],
@@ -91,17 +113,29 @@ def flash_attn_unavailable_reason() -> Optional[str]:
     return None
 
 
-def resolve_attn_implementation(requested: Optional[str]) -> tuple[str, str]:
-    """Map a requested backend ("auto"/None or a name) to the one that will run, with the reason."""
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def resolve_attn_implementation(requested: Optional[str], compute_dtype: Optional[torch.dtype] = None) -> tuple[str, str]:
+    """Map a requested backend ("auto"/None or a name) to the one that will run, with the reason.
+
+    compute_dtype: the dtype attention will see (bf16 under autocast or DeepSpeed bf16), when the caller
+    knows it; flash_attn kernels take fp16/bf16 only, so "auto" skips them for an fp32 run.
+    """
     requested = requested or "auto"
+    fp32_run = compute_dtype is not None and compute_dtype not in HALF_DTYPES
     if requested == "auto":
         why_not_flash = flash_attn_unavailable_reason()
+        if why_not_flash is None and fp32_run:
+            why_not_flash = f"this run computes in {compute_dtype} and flash_attn kernels take fp16/bf16 only"
         if why_not_flash is None:
             return "flash_attention_2", "auto: flash_attn is installed and CUDA is available"
         return "sdpa", f"auto: not flash_attention_2 because {why_not_flash}; using torch SDPA " \
                        "(on CUDA its flash kernel is FlashAttention-2)"
     if requested == "flash_attention_2":
         why_not = flash_attn_unavailable_reason()
+        if why_not is None and fp32_run:
+            why_not = f"this run computes in {compute_dtype} and flash_attn kernels take fp16/bf16 only (train in bf16)"
         if why_not is not None:
             raise ImportError(
                 f"attn_implementation='flash_attention_2' was requested but cannot run: {why_not}. "

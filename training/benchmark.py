@@ -247,7 +247,8 @@ class Runner:
 def build_runner(src: DecoderForCausalLM, variant: Variant, device: torch.device, dtype: str, precision: str) -> Runner:
     """Copy `src` (CPU, fp32) into the variant's model on `device`. Raises ImportError for an
     unavailable attention backend and NotExportableError when the native class cannot hold the config."""
-    attn, _ = resolve_attn_implementation(variant.attn)  # ImportError with the reason if unavailable here
+    # ImportError with the reason if unavailable here (flash_attn: also for an fp32 run)
+    attn, _ = resolve_attn_implementation(variant.attn, compute_dtype=DTYPES[dtype])
     ours = copy.deepcopy(src)
     ours.config._attn_implementation = attn  # read at every forward; HF's setter refuses our (direct) backends
     native_class = None

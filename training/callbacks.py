@@ -21,7 +21,7 @@ import torch
 from modeling import mfu
 
 from . import checkpoint
-from .distributed import is_deepspeed
+from .distributed import is_deepspeed, params_are_sharded, zero_stage
 
 logger = logging.getLogger("training")
 
@@ -97,7 +97,9 @@ def _main_only_write(trainer, record: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------
 def memory_stats(device: torch.device) -> dict[str, Optional[float]]:
-    """CUDA allocator figures; on CPU the process RSS (current and peak), reserved = null."""
+    """This rank's memory: CUDA allocator figures, or on CPU the process RSS; reserved = null on CPU.
+    mem_peak_gb is the peak since the last reset_peak_memory() (each train record resets it), so a
+    spike shows in the window that caused it rather than forever after."""
     gb = 1024**3
     if device.type == "cuda":
         return {
@@ -105,13 +107,30 @@ def memory_stats(device: torch.device) -> dict[str, Optional[float]]:
             "mem_peak_gb": torch.cuda.max_memory_allocated(device) / gb,
             "mem_reserved_gb": torch.cuda.memory_reserved(device) / gb,
         }
-    with open("/proc/self/statm") as f:
-        rss_pages = int(f.read().split()[1])
-    return {
-        "mem_allocated_gb": rss_pages * os.sysconf("SC_PAGE_SIZE") / gb,
-        "mem_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gb,
-        "mem_reserved_gb": None,
-    }
+    status = _proc_status_kb()
+    if "VmRSS" in status and "VmHWM" in status:  # Linux: VmHWM is resettable through clear_refs
+        rss, peak = status["VmRSS"] * 1024, status["VmHWM"] * 1024
+    else:
+        rss, peak = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # whole-run peak
+    return {"mem_allocated_gb": None if rss is None else rss / gb, "mem_peak_gb": peak / gb, "mem_reserved_gb": None}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak RSS (VmHWM) to the current RSS
+    except OSError:
+        pass  # not Linux, or not permitted: the peak stays the whole run's
+
+
+def _proc_status_kb() -> dict[str, int]:
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines if line.startswith("Vm"))}
 
 
 class TrainMetrics:
@@ -125,14 +144,29 @@ class TrainMetrics:
         self.window_start: Optional[float] = None
         self.window_untimed = 0.0
         self.window_iters = 0
+        self.own_grad_norm: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def _logs(trainer, iteration: int) -> bool:
+        return iteration % trainer.cfg.log_interval == 0 or iteration == trainer.cfg.max_iters
 
     def on_step_begin(self, trainer) -> None:
         if self.window_start is None:
             self.window_start, self.window_untimed = time.perf_counter(), trainer.untimed_s
 
+    def on_before_optimizer_step(self, trainer) -> None:
+        """DeepSpeed keeps the pre-clip global norm in its ZeRO-1/2/3 and half-precision optimizers; its
+        plain fp32 ZeRO-0 path clips without recording it. There, on log steps only, compute it from
+        the (already all-reduced, unpartitioned) gradients."""
+        acc = trainer.accelerator
+        if (zero_stage(acc) == 0 and str(acc.mixed_precision) == "no"
+                and self._logs(trainer, trainer.state.iter + 1)):
+            grads = [p.grad for p in acc.unwrap_model(trainer.model).parameters() if p.grad is not None]
+            self.own_grad_norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+
     def on_step_end(self, trainer, out) -> None:
         self.window_iters += 1
-        if not trainer.is_step(trainer.cfg.log_interval) and trainer.state.iter != trainer.cfg.max_iters:
+        if not self._logs(trainer, trainer.state.iter):
             return
         acc = trainer.accelerator
         loss = acc.reduce(out.loss.detach(), reduction="mean").item()  # sync: log steps only
@@ -140,6 +174,8 @@ class TrainMetrics:
             grad_norm = float(out.grad_norm)
         elif is_deepspeed(acc):
             norm = trainer.model.get_global_grad_norm()
+            if norm is None:
+                norm, self.own_grad_norm = self.own_grad_norm, None
             grad_norm = float(norm) if norm is not None else None
         else:
             grad_norm = None
@@ -155,6 +191,7 @@ class TrainMetrics:
             "tflops": per_gpu * self.flops_per_token / 1e12, "mfu": mfu(per_gpu, self.flops_per_token, self.peak_flops),
             "time_ms": time_ms, **memory_stats(acc.device),
         }
+        reset_peak_memory(acc.device)
         if not math.isfinite(loss):
             record["nonfinite_loss"] = True
         _main_only_write(trainer, record)
@@ -259,19 +296,29 @@ class HarnessEval:
         acc = trainer.accelerator
         start = time.perf_counter()
         with trainer.untimed():
+            model = acc.unwrap_model(trainer.model)
+            if params_are_sharded(acc):  # ZeRO-3 / FSDP: rank 0 evaluates a gathered full copy
+                model = _gathered_copy(acc, trainer.model, model.config)
             if acc.is_main_process:
                 from eval.harness import evaluate_model
 
-                model = acc.unwrap_model(trainer.model)
+                was_training = model.training
                 model.eval()
                 result = evaluate_model(model, trainer.tokenizer, data_dir=self.data_dir, limit=self.limit,
                                         device=str(acc.device))
-                model.train()
+                model.train(was_training)
                 tasks = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}
                          for t, m in result["results"].items()}
                 trainer.log({"type": "eval_harness", "iter": trainer.state.iter, "tasks": tasks,
                              "time_ms": 1000 * (time.perf_counter() - start)})
             acc.wait_for_everyone()
+
+
+def _gathered_copy(acc, wrapped, config):
+    """Collective (every rank calls it): the full weights gathered from the shards; rank 0 gets a plain
+    unsharded model built from them (on CPU; evaluate_model moves it), the other ranks None."""
+    state = acc.get_state_dict(wrapped)
+    return checkpoint.model_from_full_state(config, state) if acc.is_main_process else None
 
 
 class Profiler:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from data_prep.atomic import atomic_write_json
+from training.distributed import params_are_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     acc.wait_for_everyone()
     acc.save_state(str(tmp / "accelerate"))
     atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
-    full_state = acc.get_state_dict(trainer.model)  # collective under ZeRO-3 (gathers shards)
+    # The full model state is a collective gather under ZeRO-3/FSDP; otherwise every rank already holds
+    # it and only rank 0 (which writes model/ and hf/) needs a CPU copy.
+    full_state = acc.get_state_dict(trainer.model) if (params_are_sharded(acc) or acc.is_main_process) else None
     acc.wait_for_everyone()  # every rank's files are on disk before rank 0 commits the directory
     if acc.is_main_process:
         model = acc.unwrap_model(trainer.model)
@@ -81,14 +84,21 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     return final
 
 
+def model_from_full_state(config, state_dict):
+    """A plain (unwrapped, unsharded) DecoderForCausalLM on CPU holding a gathered full state dict.
+    Strict load: a missing tensor is an error, never silent garbage in an export or an evaluation."""
+    from modeling import DecoderForCausalLM
+    from modeling.hf_export import build_with_weights
+
+    return build_with_weights(lambda: DecoderForCausalLM(config), {k: v.to("cpu") for k, v in state_dict.items()})
+
+
 def _export_native(config, state_dict, tokenizer, out: Path) -> None:
     """The native transformers export, from the gathered full state (rank 0 only: under ZeRO-3,
     `from_pretrained` would enter DeepSpeed's zero.Init, a collective the other ranks never join)."""
-    from modeling import DecoderForCausalLM, NotExportableError, export_hf
-    from modeling.hf_export import build_with_weights
+    from modeling import NotExportableError, export_hf
 
-    # strict load: a missing tensor is an error, never silent garbage in the export
-    model = build_with_weights(lambda: DecoderForCausalLM(config), {k: v.to("cpu") for k, v in state_dict.items()})
+    model = model_from_full_state(config, state_dict)
     try:
         export_hf(model, out, tokenizer=tokenizer)
     except NotExportableError as exc:  # e.g. gpt2-1.36b's decoupled head_dim: keep our format only

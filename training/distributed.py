@@ -111,6 +111,32 @@ def zero_stage(accelerator: Accelerator) -> int | None:
     return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
 
 
+def params_are_sharded(accelerator: Accelerator) -> bool:
+    """True when no rank holds the whole model (ZeRO-3, FSDP): gathering it is a collective, and
+    anything that needs the full module (the native export, the harness) must gather first."""
+    return zero_stage(accelerator) == 3 or accelerator.distributed_type == DistributedType.FSDP
+
+
+def compute_dtype(accelerator: Accelerator) -> torch.dtype:
+    """The dtype matmuls and attention run in: bf16/fp16 under mixed precision or DeepSpeed's half modes."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name(accelerator), torch.float32)
+
+
+def agree_on_resume(accelerator: Accelerator, resume_from):
+    """Every rank resolved --resume on its own view of out_dir; they must name the same checkpoint
+    (a stale or node-local out_dir would otherwise resume ranks from different iterations)."""
+    if accelerator.num_processes == 1:
+        return resume_from
+    seen = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(seen, None if resume_from is None else str(resume_from))
+    if len(set(seen)) > 1:
+        raise ValueError(
+            f"ranks disagree on the checkpoint to resume from: {dict(enumerate(seen))}; out_dir must be one "
+            "filesystem shared by every node (or pass --resume=PATH visible to all ranks)"
+        )
+    return resume_from
+
+
 def strategy_description(accelerator: Accelerator) -> dict:
     return {
         "distributed_type": str(accelerator.distributed_type).split(".")[-1],

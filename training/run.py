@@ -20,11 +20,13 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch training/
 
 import torch
 
-from modeling import FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token
+from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token,
+                      resolve_attn_implementation)
 from training import callbacks as cb
 from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume
 from training.config import TrainConfig, load_config, parse_overrides
-from training.distributed import (build_accelerator, configure_deepspeed, precision_name, strategy_description)
+from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
+                                  precision_name, strategy_description)
 from training.optim import build_optimizer, build_scheduler
 from training.trainer import Trainer
 
@@ -39,14 +41,18 @@ def padded_vocab(n: int, multiple: int = 128) -> int:
     return -(-n // multiple) * multiple
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> DecoderForCausalLM:
-    config = DecoderConfig.from_preset(
-        cfg.preset, vocab_size=vocab_size, attn_implementation=cfg.attn_implementation, **cfg.model_overrides
-    )
+def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.float32) -> DecoderForCausalLM:
+    """dtype: what the run computes in (the weights are built in fp32 and cast or autocast later); it
+    decides whether attn_implementation=auto may pick flash_attn, which takes fp16/bf16 only."""
+    attn, reason = resolve_attn_implementation(cfg.attn_implementation, compute_dtype=dtype)
+    if cfg.attn_implementation == "auto":
+        logger.info("attention backend: %s (%s)", attn, reason)
+    config = DecoderConfig.from_preset(cfg.preset, vocab_size=vocab_size, attn_implementation=attn, **cfg.model_overrides)
     if cfg.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
         raise ValueError(f"seq_len={cfg.seq_len} exceeds the learned position table ({config.max_position_embeddings})")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = DecoderForCausalLM(config)
+    model.attn_backend_reason = reason if cfg.attn_implementation == "auto" else "requested explicitly"
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.num_processes != world_size:
         raise RuntimeError(f"WORLD_SIZE={world_size} but accelerate sees {accelerator.num_processes} processes")
     configure_deepspeed(accelerator, cfg, accum)
+    resume_from = agree_on_resume(accelerator, resume_from)
 
     manifest, train_loader, val_loader = build_data(cfg, accelerator.process_index, accelerator.num_processes,
                                                     pin_memory=accelerator.device.type == "cuda")
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab = cfg.vocab_size or padded_vocab(int(manifest["tokenizer"]["vocab_size"]))
     check_vocab_compat(manifest, vocab)
-    model = build_model(cfg, vocab)
+    model = build_model(cfg, vocab, compute_dtype(accelerator))
     tokenizer = load_tokenizer(cfg.data_dir)
 
     optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),

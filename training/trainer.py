@@ -58,6 +58,7 @@ class Trainer:
         self.preempted = False  # the ranks agreed to stop: checkpoint and exit
         self.untimed_s = 0.0  # seconds spent in evals/checkpoints, excluded from throughput
         self._batches: Optional[Iterator] = None
+        self._stop_group = self._stop_work = self._stop_flag = None  # see _should_stop
 
     # ---------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -72,8 +73,10 @@ class Trainer:
             self._emit("on_step_end", out)
             if self._should_stop():
                 self.preempted = True
-                self._emit("on_preempt")
                 break
+        self._finish_stop_agreement()
+        if self.preempted:
+            self._emit("on_preempt")
         self._emit("on_train_end")
 
     def train_step(self) -> StepOutput:
@@ -93,8 +96,9 @@ class Trainer:
                     loss = self.model(input_ids=x, shift_labels=y, return_logits=False).loss
                 loss_sum += loss.detach()
                 grad_norm = self._backward_and_step(loss) if self.accelerator.sync_gradients else self._backward(loss)
-        with nvtx("sched_step"):
-            self.scheduler.step()
+        if self._step_was_applied():
+            with nvtx("sched_step"):
+                self.scheduler.step()
         return StepOutput(loss=loss_sum / self.grad_accum_steps, lr=lr, grad_norm=grad_norm)
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -129,6 +133,16 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def _step_was_applied(self) -> bool:
+        """False when fp16 loss scaling skipped the update (inf/nan gradients): the LR schedule must
+        not advance then, or every overflow would shorten warm-up. Asked only under fp16, the one
+        precision that skips steps (the question costs a host sync there)."""
+        if str(self.accelerator.mixed_precision) != "fp16":
+            return True
+        if is_deepspeed(self.accelerator):
+            return bool(self.model.was_step_applied())
+        return not self.accelerator.optimizer_step_was_skipped
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -175,10 +189,30 @@ class Trainer:
             signal.signal(sig, request_stop)
 
     def _should_stop(self) -> bool:
-        """Agree across ranks on stopping, every step: torchrun kills the workers 30 s after
-        forwarding SIGTERM, so waiting for a log step could miss the window. One 1-element
-        all-reduce per step is the price (a host sync on CUDA)."""
+        """Agree across ranks on stopping, every step, without waiting on the GPU: torchrun kills the
+        workers 30 s after forwarding SIGTERM, so waiting for a log step could miss the window.
+
+        The flag is a CPU tensor all-reduced asynchronously over a gloo group (the default group on
+        CPU, a side group under NCCL): this step starts the reduction of its flag and reads the one
+        started a step ago, so the host never blocks on the device or on the other ranks' progress
+        and every rank stops at the same iteration, one step after the signal."""
         if self.accelerator.num_processes == 1:
             return self.stop_requested
-        flag = torch.tensor(float(self.stop_requested), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        import torch.distributed as dist
+
+        agreed = False
+        if self._stop_work is not None:
+            self._stop_work.wait()
+            agreed = bool(self._stop_flag.item() > 0)  # a CPU tensor: no device sync
+        if self._stop_group is None:
+            default_is_gloo = dist.get_backend() == "gloo"
+            self._stop_group = dist.group.WORLD if default_is_gloo else dist.new_group(backend="gloo")
+        self._stop_flag = torch.tensor([float(self.stop_requested)])
+        self._stop_work = dist.all_reduce(self._stop_flag, group=self._stop_group, async_op=True)
+        return agreed
+
+    def _finish_stop_agreement(self) -> None:
+        """The reduction started by the last step must complete before the process group goes away."""
+        if self._stop_work is not None:
+            self._stop_work.wait()
+            self._stop_work = None

@@ -44,6 +44,25 @@ def test_backends_match_reference_causal_and_masked(name, nkv):
     torch.testing.assert_close(out, _reference(q, k, v, pad), atol=1e-5, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("name", ["eager", "sdpa"])
+@pytest.mark.parametrize("nkv", [4, 2, 1])
+def test_backends_match_reference_gradients(name, nkv):
+    """Backward too: eager groups query heads per KV head instead of copying K/V, and sdpa repeats K/V
+    when a mask is given; the gradients of q, k and v must still be the textbook ones."""
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()[None, None].expand(2, 1, 12, 12)
+    pad = causal.clone()
+    pad[0, :, :, :2] = False
+    pad[0, :, torch.arange(2), torch.arange(2)] = True
+    for mask in (None, pad):
+        q, k, v = (t.requires_grad_() for t in _qkv(nkv=nkv))
+        out = ATTENTION_FUNCTIONS[name](q, k, v, causal=mask is None, mask=mask, dropout_p=0.0, scale=16**-0.5)
+        w = torch.randn_like(out)
+        got = torch.autograd.grad((out * w).sum(), (q, k, v))
+        want = torch.autograd.grad((_reference(q, k, v, causal if mask is None else mask) * w).sum(), (q, k, v))
+        for g, r in zip(got, want):
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
 def test_causal_is_bottom_right_aligned_over_a_cache():
     q, k, v = _qkv(Tq=3, Tk=10)
     mask = torch.ones(3, 10, dtype=torch.bool).tril(diagonal=7)[None, None].expand(2, 1, 3, 10)
@@ -96,6 +115,16 @@ def fake_flash_attn(monkeypatch):
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: module.__spec__ if name == "flash_attn" else None)
     monkeypatch.setattr(attention, "_cuda_available", lambda: True)
     return calls
+
+
+def test_flash_choice_follows_the_compute_dtype(fake_flash_attn):
+    """flash_attn kernels take fp16/bf16 only: "auto" picks SDPA for an fp32 run, and an explicit request
+    for one is refused up front instead of failing in the first forward."""
+    assert resolve_attn_implementation("auto", compute_dtype=torch.bfloat16)[0] == "flash_attention_2"
+    name, reason = resolve_attn_implementation("auto", compute_dtype=torch.float32)
+    assert name == "sdpa" and "fp16/bf16 only" in reason
+    with pytest.raises(ImportError, match="fp16/bf16 only"):
+        resolve_attn_implementation("flash_attention_2", compute_dtype=torch.float32)
 
 
 def test_flash_path_layout_causal_and_gqa(fake_flash_attn):

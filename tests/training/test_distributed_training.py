@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import TINY_RUN, failure, read_log, run_training, train_losses
+from train_helpers import ASSETS, TINY_RUN, failure, read_log, run_training, train_losses
 
 TOL = 2e-5
 ITERS = 10
@@ -25,30 +25,65 @@ def _args(data, out, *extra):
 
 @pytest.fixture(scope="module")
 def single_process_reference(demo_data, tmp_path_factory):
-    """1 process, micro-batch 4 x 2 accumulation steps = the same 8 sequences per step as 2 ranks x 4."""
+    """1 process, micro-batch 4 x 2 accumulation steps = the same 8 sequences per step as 2 ranks x 4.
+    Returns the run directory (losses and pre-clip gradient norms in its log)."""
     out = tmp_path_factory.mktemp("ref")
     code, log = run_training(None, *_args(demo_data, out))
     assert code == 0, failure(log)
     config = read_log(out)[0]
     assert (config["distributed_type"], config["world_size"], config["grad_accum_steps"]) == ("NO", 1, 2)
-    return train_losses(out)
+    return out
 
 
-def _assert_same_curve(losses, reference):
+# The in-training harness eval at the last iteration, on rank 0 (a few questions per task).
+HARNESS = [f"--harness_interval={ITERS}", f"--harness_data_dir={ASSETS / 'eval'}", "--harness_limit=6"]
+
+
+def _assert_harness_matches_offline_eval(run_dir):
+    """The scores logged during training (gathered from the shards under ZeRO-3) equal an offline
+    evaluation of the checkpoint saved at the same iteration: same weights, same questions."""
+    from transformers import AutoTokenizer
+
+    from eval.harness import evaluate_model
+    from modeling import DecoderForCausalLM
+
+    logged = [r for r in read_log(run_dir) if r.get("type") == "eval_harness"]
+    assert [r["iter"] for r in logged] == [ITERS]
+    ckpt = run_dir / "checkpoints" / f"iter_{ITERS:06d}" / "model"
+    offline = evaluate_model(DecoderForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt),
+                             data_dir=ASSETS / "eval", limit=6, device="cpu")
+    for task, metrics in offline["results"].items():
+        assert logged[0]["tasks"][task]["acc"] == metrics["acc"], task
+        assert logged[0]["tasks"][task]["acc_norm"] == metrics["acc_norm"], task
+
+
+def _assert_same_curve(run_dir, reference_dir):
+    """Same losses and same pre-clip global gradient norms, iteration by iteration (the norm comes from
+    DeepSpeed's optimizer, from our own computation on ZeRO-0 fp32, or from accelerate's clip)."""
+    losses, reference = train_losses(run_dir), train_losses(reference_dir)
     assert sorted(losses) == list(range(1, ITERS + 1))
     for it in losses:
         assert losses[it] == pytest.approx(reference[it], abs=TOL), f"iteration {it}"
     assert losses[ITERS] < losses[1] - 0.3  # it really trains
+    norms, reference_norms = _grad_norms(run_dir), _grad_norms(reference_dir)
+    assert None not in norms.values(), norms
+    for it in reference_norms:
+        assert norms[it] == pytest.approx(reference_norms[it], rel=1e-4), f"grad norm, iteration {it}"
+
+
+def _grad_norms(run_dir):
+    return {r["iter"]: r["grad_norm"] for r in read_log(run_dir) if r["type"] == "train"}
 
 
 def test_deepspeed_zero1_two_processes_matches_one(demo_data, tmp_path, single_process_reference):
-    code, log = run_training("cpu.yaml", *_args(demo_data, tmp_path))
+    code, log = run_training("cpu.yaml", *_args(demo_data, tmp_path, *HARNESS))
     assert code == 0, failure(log)
     config = read_log(tmp_path)[0]
     assert config["distributed_type"] == "DEEPSPEED" and config["ds_stage"] == 1
     assert config["world_size"] == 2 and config["grad_accum_steps"] == 1
     assert config["model_wrapper"] == "DeepSpeedEngine" and config["backend"] == "gloo"
-    _assert_same_curve(train_losses(tmp_path), single_process_reference)
+    _assert_same_curve(tmp_path, single_process_reference)
+    _assert_harness_matches_offline_eval(tmp_path)
 
     # ZeRO-1 really partitions the optimizer: each rank's checkpoint holds half the fp32 master
     # weights and Adam moments (rounded up to DeepSpeed's alignment), not all of them.
@@ -69,7 +104,7 @@ def test_ddp_two_processes_matches_one(demo_data, tmp_path, single_process_refer
     config = read_log(tmp_path)[0]
     assert config["distributed_type"] == "MULTI_CPU" and config["world_size"] == 2
     assert config["model_wrapper"] == "DistributedDataParallel" and config["ds_stage"] is None
-    _assert_same_curve(train_losses(tmp_path), single_process_reference)
+    _assert_same_curve(tmp_path, single_process_reference)
 
 
 def test_two_nodes_on_loopback_match_single_node(demo_data, tmp_path, single_process_reference):
@@ -105,7 +140,7 @@ def test_two_nodes_on_loopback_match_single_node(demo_data, tmp_path, single_pro
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
     config = read_log(tmp_path / "run")[0]
     assert config["distributed_type"] == "DEEPSPEED" and config["world_size"] == 2 and config["num_machines"] == 2
-    _assert_same_curve(train_losses(tmp_path / "run"), single_process_reference)
+    _assert_same_curve(tmp_path / "run", single_process_reference)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="FSDP needs 2+ CUDA GPUs")
@@ -113,7 +148,8 @@ def test_fsdp_two_gpus(demo_data, tmp_path, single_process_reference):
     yaml = (Path(__file__).resolve().parents[2] / "accelerate_configs" / "8xb200_fsdp.yaml").read_text()
     cfg = tmp_path / "fsdp.yaml"
     cfg.write_text(yaml.replace("num_processes: 8", "num_processes: 2"))
-    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"))
+    extra = HARNESS if stage == 3 else []  # ZeRO-3: the eval runs on a copy gathered from the shards
+    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run", *extra))
     assert code == 0, failure(log)
     config = read_log(tmp_path / "run")[0]
     assert config["distributed_type"] == "FSDP" and config["world_size"] == 2
@@ -137,9 +173,12 @@ def test_other_zero_stages_by_config_file_only(demo_data, tmp_path, single_proce
     yaml = (repo / "accelerate_configs" / "cpu.yaml").read_text().replace("ds_configs/zero1.json", f"ds_configs/zero{stage}.json")
     cfg = tmp_path / f"zero{stage}.yaml"
     cfg.write_text(yaml)
-    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run"))
+    extra = HARNESS if stage == 3 else []  # ZeRO-3: the eval runs on a copy gathered from the shards
+    code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run", *extra))
     assert code == 0, failure(log)
     config = read_log(tmp_path / "run")[0]
     assert config["distributed_type"] == "DEEPSPEED" and config["ds_stage"] == stage and config["world_size"] == 2
-    _assert_same_curve(train_losses(tmp_path / "run"), single_process_reference)
+    _assert_same_curve(tmp_path / "run", single_process_reference)
     assert (tmp_path / "run" / "checkpoints" / f"iter_{ITERS:06d}" / "model" / "model.safetensors").exists()
+    if stage == 3:
+        _assert_harness_matches_offline_eval(tmp_path / "run")

@@ -117,7 +117,7 @@ def test_memory_of_a_small_model_by_hand():
     config = DecoderConfig.from_preset("tiny-llama")
     assert count_parameters(config)["total"] == P
     est = estimate_memory(config, micro_batch=2, seq_len=32, precision="bf16", strategy="zero2", world_size=2,
-                          attention="flash", reduce_bucket=1000, cuda_context_gib=0.0, fragmentation=0.0)
+                          attention="flash", reduce_bucket=1000, cuda_context_gib=0.0, fragmentation=0.0, loss="plain")
     c = {k: v * GIB for k, v in est["components_gib"].items()}
     assert c["weights"] == pytest.approx(2 * P + 4 * P / 2)  # bf16 params + fp32 master shard
     assert c["gradients"] == pytest.approx(2 * P / 2 + 2 * 1000 * 2)  # bf16 grad shard + 2 bf16 ipg buckets
@@ -137,7 +137,8 @@ def test_memory_of_a_small_model_by_hand():
     assert c["activations"] == saved + working
     assert est["total_gib"] * GIB == pytest.approx(c["weights"] + c["gradients"] + c["optimizer"] + saved + working)
     # overhead: the context constant plus 5% of everything else
-    with_overhead = estimate_memory(config, micro_batch=2, seq_len=32, strategy="zero2", world_size=2, reduce_bucket=1000)
+    with_overhead = estimate_memory(config, micro_batch=2, seq_len=32, strategy="zero2", world_size=2, reduce_bucket=1000,
+                                    loss="plain")
     assert with_overhead["total_gib"] == pytest.approx(1.0 + 1.05 * est["total_gib"])
 
 
@@ -154,7 +155,7 @@ def test_what_each_strategy_shards(strategy, weights, grads, opt):
     W = 8
     config = DecoderConfig.from_preset("llama3-1.5b")
     est = estimate_memory(config, micro_batch=1, seq_len=2048, strategy=strategy, world_size=W, reduce_bucket=0,
-                          max_live_parameters=0)
+                          max_live_parameters=0, loss="plain")  # plain: autocast keeps a bf16 copy of the head too
     n = est["n_params"]
     m = n - 128000 * 2048 - 18 * 2 * 2048 - 2048  # M: matmul weights = P - input embedding - norm gains
     value = lambda expr: eval(expr, {"P": n, "W": W, "M": m})  # noqa: E731
@@ -203,7 +204,7 @@ def _saved_bytes(config: DecoderConfig, mode: str, batch: int, seq: int, **forwa
 def test_activation_formula_equals_saved_tensors(preset, mode, e, r, attention):
     config = DecoderConfig.from_preset(preset, attn_implementation=attention)
     batch, seq = 2, 48
-    est = activation_memory(config, seq, batch, compute_bytes=e, residual_bytes=r, attention=attention)
+    est = activation_memory(config, seq, batch, compute_bytes=e, residual_bytes=r, attention=attention, loss="plain")
     measured = _saved_bytes(config, mode, batch, seq)
     if config.norm_type == "layernorm" and mode == "bf16":
         # CPU's bf16 LayerNorm keeps mean and rstd in bf16 (2 + 2 bytes per token), CUDA's in fp32 (4 + 4)
@@ -220,7 +221,7 @@ def test_chunked_loss_keeps_no_logits(mode, e, r):
     config = DecoderConfig.from_preset("tiny-qwen3", attn_implementation="sdpa")
     batch, seq = 2, 48
     chunked = activation_memory(config, seq, batch, compute_bytes=e, residual_bytes=r, attention="sdpa", loss="chunked")
-    plain = activation_memory(config, seq, batch, compute_bytes=e, residual_bytes=r, attention="sdpa")
+    plain = activation_memory(config, seq, batch, compute_bytes=e, residual_bytes=r, attention="sdpa", loss="plain")
     assert _saved_bytes(config, mode, batch, seq, return_logits=False) == chunked["saved_bytes"]
     V, h = config.vocab_size, config.hidden_size
     assert plain["saved_bytes"] - chunked["saved_bytes"] == batch * seq * (4 * V + 8) - 4 * V * h
@@ -260,16 +261,16 @@ def test_seed_qwen3_on_8xb200():
     estimate is ~9 GiB per sequence (the 151k-vocab fp32 loss alone is 12 bytes x 151,643 per token),
     22 sequences would need ~225 GiB > 180 GiB, and the planner falls back to 11 x 4: the seed run
     must have avoided the full fp32 logits (a fused/chunked loss) or recomputed activations."""
-    for kwargs in ({"loss": "chunked"}, {"activation_checkpointing": True}):
+    for kwargs in ({"loss": "chunked"}, {"activation_checkpointing": True, "loss": "plain"}):
         plan = plan_batch("B200", 8, "qwen3-1.8b", 2048, global_batch_sequences=352, **kwargs)
         assert (plan["micro_batch"], plan["grad_accum_steps"]) == (22, 2), kwargs
         assert 22 <= plan["max_micro_batch_fit"] < 44
-    plain = plan_batch("B200", 8, "qwen3-1.8b", 2048, global_batch_sequences=352)
+    plain = plan_batch("B200", 8, "qwen3-1.8b", 2048, global_batch_sequences=352, loss="plain")
     assert (plain["micro_batch"], plain["grad_accum_steps"]) == (11, 4)
-    at22 = estimate_memory("qwen3-1.8b", micro_batch=22, seq_len=2048, world_size=8)["total_gib"]
+    at22 = estimate_memory("qwen3-1.8b", micro_batch=22, seq_len=2048, world_size=8, loss="plain")["total_gib"]
     assert at22 > 180
     assert plan_batch("B200", 8, "qwen3-1.8b", 2048, global_batch_tokens=352 * 2048,
-                      activation_checkpointing=True)["micro_batch"] == 22
+                      activation_checkpointing=True, loss="plain")["micro_batch"] == 22
 
 
 @pytest.mark.parametrize("preset, ckpt", [
@@ -279,7 +280,8 @@ def test_seed_qwen3_on_8xb200():
 def test_seed_runs_on_2xa6000_use_small_micro_batches(preset, ckpt):
     """Seeds on 2xA6000 (48 GB) used micro-batches of 4-8 with accumulation; at seq 2048 and a
     256-sequence global batch the planner lands in that range."""
-    r = plan_batch("A6000", 2, preset, 2048, global_batch_sequences=256, activation_checkpointing=ckpt)
+    # the seeds' loss: the full fp32 logits (our default, the chunked loss, fits larger micro-batches)
+    r = plan_batch("A6000", 2, preset, 2048, global_batch_sequences=256, activation_checkpointing=ckpt, loss="plain")
     assert 4 <= r["micro_batch"] <= 8
     assert r["micro_batch"] * r["grad_accum_steps"] * 2 == 256
     assert r["memory_gib"] <= 48 * 0.95

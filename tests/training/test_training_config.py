@@ -76,3 +76,22 @@ def test_weight_decay_only_on_matrices():
     opt = build_optimizer(model, 1e-3)
     assert not opt.defaults.get("fused")  # CPU parameters: the fused kernel is for CUDA
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))  # tied head counted once
+
+
+@pytest.mark.parametrize("precision, deepspeed, applied, expected", [
+    ("fp16", False, False, False),  # GradScaler found inf/nan: the update was skipped
+    ("fp16", False, True, True),
+    ("fp16", True, False, False),  # DeepSpeed's loss scaler skipped it
+    ("fp16", True, True, True),
+    ("bf16", False, False, True),  # no loss scaling: every step applies (and nothing is asked)
+])
+def test_lr_schedule_does_not_advance_on_skipped_fp16_steps(monkeypatch, precision, deepspeed, applied, expected):
+    import types
+
+    from training import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "is_deepspeed", lambda acc: deepspeed)
+    t = trainer_mod.Trainer.__new__(trainer_mod.Trainer)
+    t.accelerator = types.SimpleNamespace(mixed_precision=precision, optimizer_step_was_skipped=not applied)
+    t.model = types.SimpleNamespace(was_step_applied=lambda: applied)
+    assert t._step_was_applied() is expected

@@ -30,7 +30,7 @@ def plan_batch(
     precision: str = "bf16",
     attention: str = "flash",
     activation_checkpointing: bool = False,
-    loss: str = "plain",
+    loss: str = "chunked",
     safety_margin: float = SAFETY_MARGIN,
     gpu_memory_gb: float | None = None,
     max_micro_batch: int = 4096,

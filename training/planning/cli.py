@@ -186,9 +186,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--attention", default="flash", choices=list(ATTENTION_BACKENDS),
                        help="flash/sdpa: O(S) activations; eager: O(S^2) score matrices (default flash)")
         p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
-        p.add_argument("--loss", default="plain", choices=["plain", "chunked"],
-                       help="plain: model(...).loss with full logits (what training/trainer.py calls); chunked: "
-                            "model(..., return_logits=False), no (tokens x vocab) tensor (default plain)")
+        p.add_argument("--loss", default="chunked", choices=["plain", "chunked"],
+                       help="chunked: model(..., return_logits=False), no (tokens x vocab) tensor, what "
+                            "training/trainer.py calls (default); plain: model(...).loss with full logits")
 
     p = add("memory", "per-GPU memory: weights, gradients, optimizer, activations, overhead",
             "Per-GPU peak memory estimate (GiB). See estimate_memory / activation_memory for every formula.")

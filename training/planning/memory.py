@@ -46,7 +46,7 @@ def activation_memory(
     residual_bytes: int = 2,
     attention: str = "flash",
     checkpointing: bool = False,
-    loss: str = "plain",
+    loss: str = "chunked",
     loss_chunk_size: int = LOSS_CHUNK_SIZE,
 ) -> dict:
     """Activation bytes of one micro-batch: the per-layer, per-token formula and the totals.
@@ -59,8 +59,8 @@ def activation_memory(
       norms        2 * norm (see _norm_bytes; LayerNorm with r = e = 2: 4h, Korthikanti's 2sbh + 2sbh)
       flash/sdpa   e(q + 2kv) [q, k, v]  + e(q + kv) [q, k after RoPE]  + e*q [output]  + 4a [log-sum-exp]
                    FlashAttention never materialises the s x s scores: no s^2 term (Dao 2022).
-      eager        3e*q [q, k, v copied at query width after GQA expansion] + e*q [output]
-                   + (4 + e)*a*s [fp32 softmax and its e-byte copy] (+ an s x s bool mask per layer)
+      eager        e(q + 2kv) [q grouped by KV head, k and v: no GQA expansion] + e*q [output]
+                   + (4 + e)*a*s [fp32 softmax and its e-byte copy] (+ a transient e-byte s x s mask)
       qk-norm      (4 + e)(q + kv) + 4(a + kv_heads)  (Qwen3; fp32 copy + normalised + 1/rms per head;
                    in fp32 the "copy" is the projection output itself: e(q + kv) [+ e(q + 2kv) under eager])
       MLP          SwiGLU 4i*e [gate|up, silu(gate), product]; plain 2i*e [pre- and post-activation]
@@ -69,11 +69,12 @@ def activation_memory(
     With r = e = 2, eager attention, a 4h GELU MLP, LayerNorm and dropout this is 34h + 7as bytes: Korthikanti's
     34sbh exactly, and 7as instead of 5as because our softmax is computed in fp32.
     Once per token: final norm, token ids (8), and the loss head, which depends on `loss`:
-      plain    model(...).loss as training/trainer.py calls it: bf16 logits, an fp32 copy, cross_entropy.
+      plain    model(...).loss (what a plain HF-style loop calls): bf16 logits, an fp32 copy, cross_entropy.
                Keeps the fp32 log-softmax (4V) and the targets (8); its backward working set, fp32
                gradients of the log-probs and of the logits (8V per token), coexists with every
                layer's saved tensors at the start of backward.
-      chunked  model(..., return_logits=False): modeling.losses.linear_cross_entropy computes loss and
+      chunked  model(..., return_logits=False), as training/trainer.py calls it (the default here):
+               modeling.losses.linear_cross_entropy computes loss and
                gradients chunk by chunk in the forward and keeps only d/dhidden (e*h, in place of the
                head matmul's saved input) and d/dweight (fp32, 4*V*h per micro-batch); its transient is
                one chunk of logits and fp32 log-probs, chunk*V*(e + 4), + an e-byte V*h matmul result
@@ -95,7 +96,7 @@ def activation_memory(
 
     terms: dict[str, int] = {"norms (2 per block)": 2 * _norm_bytes(config, h, e, r)}
     if attention == "eager":
-        terms["attention q, k, v (query width)"] = 3 * e * q
+        terms["attention q (grouped), k, v (KV width)"] = e * (q + 2 * kv)
         terms["attention output"] = e * q
         terms["softmax probabilities (s-proportional)"] = (4 + (e if e != 4 else 0)) * a * s
     else:
@@ -128,7 +129,7 @@ def activation_memory(
         per_batch["RoPE cos/sin tables"] = 2 * s * hd * r
     if config.position_embedding == "learned":
         per_batch["position ids"] = 8 * s
-    mask = s * s if attention == "eager" else 0  # the causal bool mask each eager layer builds
+    mask = e * s * s if attention == "eager" else 0  # the additive causal mask each eager layer adds (not kept)
 
     tokens = micro_batch * seq_len
     if loss == "plain":
@@ -142,7 +143,7 @@ def activation_memory(
         working = max(loss_working, 2 * (tokens * layer + mask))
         kept = f"block inputs only, {r}*h per layer per token; the recomputed block is in the working set"
     else:
-        saved = tokens * (L * layer + head_bytes) + sum(per_batch.values()) + L * mask
+        saved = tokens * (L * layer + head_bytes) + sum(per_batch.values())
         working = max(loss_working, tokens * layer + mask)
         kept = "every layer's saved tensors"
     return {
@@ -266,7 +267,7 @@ def estimate_memory(
     world_size: int = 1,
     attention: str = "flash",
     activation_checkpointing: bool = False,
-    loss: str = "plain",
+    loss: str = "chunked",
     grad_accum_dtype: str | None = None,
     reduce_bucket: float = DS_REDUCE_BUCKET,
     max_live_parameters: float = DS_MAX_LIVE_PARAMETERS,
