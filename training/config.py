@@ -51,6 +51,8 @@ class TrainConfig:
     precision: str = "auto"  # auto (the accelerate config's mixed_precision) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute block activations in backward (memory for ~30% time)
+    activation_checkpointing_every: int = 1  # with it on: recompute only blocks 0, N, 2N, ... (1: all; larger N
+    #                                          trades memory back for speed: `python -m training.planning batch` picks N)
     # --- evaluation ----------------------------------------------------------------------------------
     eval_interval: int = 200  # validation loss every N iterations (0: never; always at the end if > 0)
     eval_iters: int = 20  # validation micro-batches per evaluation (per rank)
@@ -75,7 +77,8 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Checks that need no runtime information (world size, manifest): raise naming the field."""
-        positive = ("seq_len", "micro_batch_size", "max_iters", "log_interval", "eval_iters", "profile_iters")
+        positive = ("seq_len", "micro_batch_size", "max_iters", "log_interval", "eval_iters", "profile_iters",
+                    "activation_checkpointing_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

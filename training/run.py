@@ -54,7 +54,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.fl
     model = DecoderForCausalLM(config)
     model.attn_backend_reason = reason if cfg.attn_implementation == "auto" else "requested explicitly"
     if cfg.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              every_n_layers=cfg.activation_checkpointing_every)
     if cfg.compile:
         for block in model.model.layers:  # per block: short compile, unchanged state-dict keys
             block.compile()
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "precision": precision_name(accelerator), "device": device_name, "peak_flops_per_gpu": peak,
         "attn_implementation": config._attn_implementation,
         "attn_reason": getattr(accelerator.unwrap_model(model), "attn_backend_reason", None),
+        "activation_checkpointing_layers": [i for i, block in enumerate(accelerator.unwrap_model(model).model.layers)
+                                            if getattr(block, "gradient_checkpointing", False)],
         "seq_len": cfg.seq_len, "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": accum,
         "global_batch_sequences": cfg.global_batch_sequences(accelerator.num_processes),
         "tokens_per_iter": tokens_per_iter, "max_iters": cfg.max_iters,

@@ -360,3 +360,33 @@ def test_time_with_mfu_measured_in_a_log(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["mfu"] == pytest.approx(0.25)
     assert main(["time", "--preset", "tiny-llama", "--mfu-from-log", log(tmp_path / "cpu", [None, None])]) == 2
     assert "no MFU values" in capsys.readouterr().err
+
+
+def test_partial_checkpointing_keeps_inputs_of_recomputed_blocks_only():
+    """checkpoint_every = N recomputes blocks 0, N, 2N, ... (transformers' every_n_layers): those keep
+    their r*h input, the others everything they save without checkpointing."""
+    config = DecoderConfig.from_preset("llama3-1.5b")  # 18 blocks
+    L, h, tokens = 18, config.hidden_size, 2 * 2048
+    full = activation_memory(config, 2048, 2)
+    head = sum(full["once_per_token_bytes"].values())
+    rope = sum(full["per_micro_batch_bytes"].values())
+    layer = full["layer_bytes_per_token"]
+    for every, recomputed in ((1, 18), (2, 9), (4, 5), (18, 1)):
+        act = activation_memory(config, 2048, 2, checkpointing=True, checkpoint_every=every)
+        assert act["recomputed_layers"] == recomputed
+        assert act["saved_bytes"] == tokens * (recomputed * 2 * h + (L - recomputed) * layer + head) + rope
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        activation_memory(config, 2048, 2, checkpointing=True, checkpoint_every=0)
+
+
+def test_batch_planner_recomputes_only_what_memory_demands():
+    """With checkpointing asked for, the plan keeps the micro-batch it found and then recomputes the
+    fewest blocks that still fit it: every sparser every-N would exceed the budget."""
+    plan = plan_batch("H100", 1, "llama3-1.5b", 2048, global_batch_sequences=16, activation_checkpointing=True)
+    every = plan["activation_checkpointing_every"]
+    kwargs = dict(micro_batch=plan["micro_batch"], seq_len=2048, world_size=1, activation_checkpointing=True)
+    assert estimate_memory("llama3-1.5b", activation_checkpointing_every=every, **kwargs)["total_gib"] <= plan["budget_gib"]
+    for sparser in range(every + 1, 19):
+        if -(-18 // sparser) < -(-18 // every):  # fewer blocks recomputed
+            assert estimate_memory("llama3-1.5b", activation_checkpointing_every=sparser, **kwargs)["total_gib"] > plan["budget_gib"]
+    assert 1 < every < 18 and f"--activation_checkpointing_every={every}" in " ".join(plan["notes"])

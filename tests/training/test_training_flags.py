@@ -18,10 +18,13 @@ def plain(demo_data, tmp_path_factory):
     return train_losses(out)
 
 
-def test_activation_checkpointing_same_losses_and_profile_trace(demo_data, tmp_path, plain):
+@pytest.mark.parametrize("every, layers", [(1, [0, 1]), (2, [0])])  # tiny-llama has 2 blocks
+def test_activation_checkpointing_same_losses_and_profile_trace(demo_data, tmp_path, plain, every, layers):
     code, log = run_training(None, *TINY_RUN, f"--data_dir={demo_data}", f"--out_dir={tmp_path}", f"--max_iters={ITERS}",
-                             "--activation_checkpointing=true", "--profile=true", "--profile_start=2", "--profile_iters=2")
+                             "--activation_checkpointing=true", f"--activation_checkpointing_every={every}",
+                             "--profile=true", "--profile_start=2", "--profile_iters=2")
     assert code == 0, failure(log)
+    assert read_log(tmp_path)[0]["activation_checkpointing_layers"] == layers
     losses = train_losses(tmp_path)
     for it in plain:  # recompute is the same arithmetic: only float reassociation could differ
         assert losses[it] == pytest.approx(plain[it], abs=1e-6)

@@ -60,14 +60,20 @@ def plan_batch(
             f"{preset} does not fit on one {gpu} ({capacity:g} GiB, {100 * safety_margin:.0f}% kept free) even at "
             f"micro-batch 1 with seq_len {seq_len}, {strategy}, {precision}: estimated {total(1):.1f} GiB{hint}"
         )
-    lo, hi = 1, 2
-    while hi <= max_micro_batch and total(hi) <= budget:
-        lo, hi = hi, hi * 2
-    hi = min(hi, max_micro_batch + 1)
-    while hi - lo > 1:  # total(lo) fits, total(hi) does not (or hi is past the cap)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
-    max_fit = lo
+    def largest_fit(**over: Any) -> int:
+        """The largest micro-batch that fits (0 if none): doubling, then bisection."""
+        if total(1, **over) > budget:
+            return 0
+        lo, hi = 1, 2
+        while hi <= max_micro_batch and total(hi, **over) <= budget:
+            lo, hi = hi, hi * 2
+        hi = min(hi, max_micro_batch + 1)
+        while hi - lo > 1:  # total(lo) fits, total(hi) does not (or hi is past the cap)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if total(mid, **over) <= budget else (lo, mid)
+        return lo
+
+    max_fit = largest_fit()
 
     notes: list[str] = []
     if global_batch_tokens is not None and global_batch_sequences is not None:
@@ -104,8 +110,26 @@ def plan_batch(
                 f"micro-batch {max_fit} fits but does not divide the {per_gpu} sequences per GPU; the largest "
                 f"divisor that fits is {micro} (divisors: {', '.join(map(str, _divisors(per_gpu)))})"
             )
+    every = None
+    if activation_checkpointing:
+        # Recompute no more than memory demands: the sparsest every-N (blocks 0, N, 2N, ... recomputed)
+        # that still fits this micro-batch; each block not recomputed saves ~1/3 of its step time.
+        L = config.num_hidden_layers
+        every = max(n for n in range(1, L + 1) if total(micro, activation_checkpointing_every=n) <= budget)
+        common["activation_checkpointing_every"] = every
+        recomputed = -(-L // every)
+        if recomputed < L:
+            notes.append(f"micro-batch {micro} fits with {recomputed} of {L} blocks recomputed: "
+                         f"--activation_checkpointing_every={every}")
+        without = largest_fit(activation_checkpointing=False)
+        if without >= micro:
+            notes.append(f"micro-batch {micro} fits without activation checkpointing too: drop it (no recompute)")
+        elif without:
+            notes.append(f"without activation checkpointing micro-batch {without} fits (no recompute: ~25% fewer "
+                         f"FLOPs per step, more accumulation steps): `batch` without --activation-checkpointing plans it")
     mem = estimate_memory(config, micro_batch=micro, **common)
     result.update(
+        activation_checkpointing_every=every,
         micro_batch=micro, grad_accum_steps=accum, global_batch_sequences=global_batch_sequences,
         tokens_per_iter=global_batch_sequences * seq_len, memory_gib=mem["total_gib"],
         memory_components_gib=mem["components_gib"],

@@ -96,7 +96,8 @@ def _print_memory(results: list[dict]) -> None:
     first = results[0]
     print(f"{first['preset'] or 'model'}: {first['n_params']:,} params (P), micro-batch {first['micro_batch']}, "
           f"seq {first['seq_len']}, {first['precision']}, attention {first['attention']}, {first['loss']} loss, "
-          f"activation checkpointing {'on' if first['activation_checkpointing'] else 'off'}, W = {first['world_size']}")
+          "activation checkpointing " + (f"every {first['activation_checkpointing_every']} block(s)"
+                                          if first["activation_checkpointing"] else "off") + f", W = {first['world_size']}")
     headers = ["GiB per GPU"] + [r["strategy"] for r in results]
     keys = ["weights", "gradients", "optimizer", "activations", "step_transient", "overhead"]
     rows = [[k] + [f"{r['components_gib'][k]:.2f}" for r in results] for k in keys]
@@ -120,7 +121,8 @@ def _print_batch(r: dict) -> None:
         ["GPU", f"{r['num_gpus']} x {r['gpu']} ({r['gpu_memory_gib']:g} GiB, budget {r['budget_gib']:.1f} GiB "
                 f"with {100 * r['safety_margin']:.0f}% kept free)"],
         ["model", f"{r['preset']}, seq {r['seq_len']}, {r['precision']}, {r['strategy']}, attention {r['attention']}, "
-                  f"{r['loss']} loss, checkpointing {'on' if r['activation_checkpointing'] else 'off'}"],
+                  f"{r['loss']} loss, checkpointing " + (f"every {r['activation_checkpointing_every']} block(s)"
+                                                          if r["activation_checkpointing"] else "off")],
         ["largest micro-batch that fits", f"{r['max_micro_batch_fit']} ({r['memory_at_max_fit_gib']:.1f} GiB)"],
         ["chosen micro-batch", f"{r['micro_batch']} ({r['memory_gib']:.1f} GiB estimated peak)"],
         ["gradient accumulation", str(r["grad_accum_steps"])],
@@ -186,6 +188,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--attention", default="flash", choices=list(ATTENTION_BACKENDS),
                        help="flash/sdpa: O(S) activations; eager: O(S^2) score matrices (default flash)")
         p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
+        p.add_argument("--activation-checkpointing-every", type=_int, default=1, metavar="N",
+                       help="memory: recompute blocks 0, N, 2N, ... only (default 1: all); batch picks the "
+                            "largest N that fits by itself")
         p.add_argument("--loss", default="chunked", choices=["plain", "chunked"],
                        help="chunked: model(..., return_logits=False), no (tokens x vocab) tensor, what "
                             "training/trainer.py calls (default); plain: model(...).loss with full logits")
@@ -244,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             results = [estimate_memory(args.preset, micro_batch=args.micro_batch, seq_len=args.seq_len,
                                        precision=args.precision, strategy=s.strip(), world_size=args.world_size,
                                        attention=args.attention, activation_checkpointing=args.activation_checkpointing,
+                                       activation_checkpointing_every=args.activation_checkpointing_every,
                                        loss=args.loss, grad_accum_dtype=args.grad_accum_dtype)
                        for s in args.strategy.split(",") if s.strip()]
             result = results[0] if len(results) == 1 else {"strategies": results}

@@ -46,6 +46,7 @@ def activation_memory(
     residual_bytes: int = 2,
     attention: str = "flash",
     checkpointing: bool = False,
+    checkpoint_every: int = 1,
     loss: str = "chunked",
     loss_chunk_size: int = LOSS_CHUNK_SIZE,
 ) -> dict:
@@ -80,8 +81,10 @@ def activation_memory(
                one chunk of logits and fp32 log-probs, chunk*V*(e + 4), + an e-byte V*h matmul result
                (+ the autocast bf16 copy of the head weight under DDP).
     Peak: the saved tensors plus the larger of the loss's working set and one layer's activation
-    gradients. With checkpointing only each block's input (r*h) is kept; one block is recomputed at a
-    time (its activations + their gradients: 2 layers' worth).
+    gradients. With checkpointing only each recomputed block's input (r*h) is kept; one block is
+    recomputed at a time (its activations + their gradients: 2 layers' worth). checkpoint_every = N
+    recomputes blocks 0, N, 2N, ... only (transformers' every_n_layers): ceil(L/N) blocks keep r*h,
+    the other L - ceil(L/N) keep everything.
 
     The saved-tensor part is checked byte for byte against what autograd saves on CPU, for every
     family, precision and backend (tests/training/test_planning.py); the backward working set is a model."""
@@ -138,16 +141,22 @@ def activation_memory(
         per_batch["chunked loss: fp32 d/d(head weight)"] = 4 * V * h
         loss_working = min(loss_chunk_size, tokens) * V * (e + 4) + (e * V * h if e != 4 else 0) \
             + (e * V * h if r != e else 0)  # autocast: bf16 copy of the fp32 head weight
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    recomputed = -(-L // checkpoint_every) if checkpointing else 0  # blocks 0, N, 2N, ...
     if checkpointing:
-        saved = tokens * (L * r * h + head_bytes) + sum(per_batch.values())
+        saved = tokens * (recomputed * r * h + (L - recomputed) * layer + head_bytes) + sum(per_batch.values())
         working = max(loss_working, 2 * (tokens * layer + mask))
-        kept = f"block inputs only, {r}*h per layer per token; the recomputed block is in the working set"
+        kept = (f"block inputs only, {r}*h per layer per token; the recomputed block is in the working set"
+                if recomputed == L else
+                f"{recomputed} of {L} blocks recomputed (every {checkpoint_every}th) keep {r}*h per token, the rest everything")
     else:
         saved = tokens * (L * layer + head_bytes) + sum(per_batch.values())
         working = max(loss_working, tokens * layer + mask)
         kept = "every layer's saved tensors"
     return {
-        "attention": attention, "compute_bytes": e, "residual_bytes": r, "checkpointing": checkpointing, "kept": kept,
+        "attention": attention, "compute_bytes": e, "residual_bytes": r, "checkpointing": checkpointing,
+        "checkpoint_every": checkpoint_every if checkpointing else None, "recomputed_layers": recomputed, "kept": kept,
         "loss": loss, "loss_working_bytes": loss_working,
         "per_layer_per_token_bytes": terms, "layer_bytes_per_token": layer,
         "layer_bytes_per_token_over_h": layer / h,
@@ -267,6 +276,7 @@ def estimate_memory(
     world_size: int = 1,
     attention: str = "flash",
     activation_checkpointing: bool = False,
+    activation_checkpointing_every: int = 1,
     loss: str = "chunked",
     grad_accum_dtype: str | None = None,
     reduce_bucket: float = DS_REDUCE_BUCKET,
@@ -301,7 +311,8 @@ def estimate_memory(
                                grad_accum_dtype, reduce_bucket, max_live_parameters)
     e, r = _precision_bytes(strategy, precision)
     act = activation_memory(config, seq_len, micro_batch, compute_bytes=e, residual_bytes=r,
-                            attention=attention, checkpointing=activation_checkpointing, loss=loss)
+                            attention=attention, checkpointing=activation_checkpointing,
+                            checkpoint_every=activation_checkpointing_every, loss=loss)
     comp = {k: sum(b for c, _, _, b in state if c == k) for k in ("weights", "gradients", "optimizer", "step")}
     static = comp["weights"] + comp["gradients"] + comp["optimizer"]
     dynamic = max(act["peak_bytes"], comp["step"])
@@ -325,7 +336,7 @@ def estimate_memory(
         "preset": getattr(config, "preset_name", None), "n_params": n, "micro_batch": micro_batch, "seq_len": seq_len,
         "precision": precision, "strategy": strategy, "strategy_description": STRATEGY_HELP[strategy],
         "world_size": world_size, "attention": act["attention"], "activation_checkpointing": activation_checkpointing,
-        "loss": loss,
+        "activation_checkpointing_every": act["checkpoint_every"], "loss": loss,
         "grad_accum_dtype": grad_accum_dtype if precision == "bf16" else "fp32",
         "components_gib": {
             "weights": comp["weights"] / GIB, "gradients": comp["gradients"] / GIB, "optimizer": comp["optimizer"] / GIB,
