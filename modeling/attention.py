@@ -86,6 +86,11 @@ def flash_attention_2(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dr
         )
     from flash_attn import flash_attn_func  # imported lazily: an optional, GPU-only dependency
 
+    # flash_attn is not an autocast op: under autocast (fp32 weights) q and k come out of RoPE in fp32
+    # (its tables follow the fp32 residual stream) while v is bf16; its kernels take one half dtype.
+    if torch.is_autocast_enabled(q.device.type):
+        half = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(half), k.to(half), v.to(half)
     return flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale, causal=causal)
 
 

@@ -324,7 +324,24 @@ def count_host_syncs(runner: Runner, ids: torch.Tensor) -> Optional[int]:
 
 def find_max_micro_batch(runner: Runner, seq_len: int, vocab: int, device: torch.device, seed: int, cap: int) -> int:
     """Largest power-of-two micro-batch whose eager step fits (CUDA). The first step at 1 allocates the
-    optimizer state, so each probe sees weights + grads + AdamW moments + activations."""
+    optimizer state, so each probe sees weights + grads + AdamW moments + activations. The probes'
+    updates are undone afterwards (weights restored, optimizer and loss-scale state reset), so every
+    variant's timed steps start from the same weights whatever its search did."""
+    weights = {k: t.detach().to("cpu", copy=True) for k, t in runner.model.state_dict().items()}
+    try:
+        return _probe_micro_batches(runner, seq_len, vocab, device, seed, cap)
+    finally:
+        runner.model.load_state_dict(weights)
+        runner.optimizer.state.clear()  # AdamW's moments and step count start again at the first timed step
+        if runner.scaler is not None:
+            runner.scaler = torch.amp.GradScaler(device.type)
+        free_device_memory(device)
+        if device.type == "cuda":  # the search's failed probe must not count as this variant's peak
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+
+def _probe_micro_batches(runner: Runner, seq_len: int, vocab: int, device: torch.device, seed: int, cap: int) -> int:
     best = 0
     mb = 1
     while mb <= cap:
@@ -427,6 +444,8 @@ class Session:
                     self.prepare(v)
                     self.measure(v, self.args.iters)
                     self.finish(v)
+            if comp:  # every variant shares forward's code objects: drop the group's graphs so that later
+                torch._dynamo.reset()  # groups never reach the recompile limit and silently run eager
 
     def fail(self, v: Variant, status: str, exc: BaseException) -> None:
         self.rows[v.label].update(status=status, reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")

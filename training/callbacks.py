@@ -145,6 +145,7 @@ class TrainMetrics:
         self.window_untimed = 0.0
         self.window_iters = 0
         self.own_grad_norm: Optional[torch.Tensor] = None
+        self.reset_memory_peak = False
 
     @staticmethod
     def _logs(trainer, iteration: int) -> bool:
@@ -153,6 +154,9 @@ class TrainMetrics:
     def on_step_begin(self, trainer) -> None:
         if self.window_start is None:
             self.window_start, self.window_untimed = time.perf_counter(), trainer.untimed_s
+        if self.reset_memory_peak:
+            reset_peak_memory(trainer.accelerator.device)
+            self.reset_memory_peak = False
 
     def on_before_optimizer_step(self, trainer) -> None:
         """DeepSpeed keeps the pre-clip global norm in its ZeRO-1/2/3 and half-precision optimizers; its
@@ -191,7 +195,7 @@ class TrainMetrics:
             "tflops": per_gpu * self.flops_per_token / 1e12, "mfu": mfu(per_gpu, self.flops_per_token, self.peak_flops),
             "time_ms": time_ms, **memory_stats(acc.device),
         }
-        reset_peak_memory(acc.device)
+        self.reset_memory_peak = True  # at the next step's start: after this step's evals and checkpoints
         if not math.isfinite(loss):
             record["nonfinite_loss"] = True
         _main_only_write(trainer, record)

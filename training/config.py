@@ -68,6 +68,7 @@ class TrainConfig:
     export_hf: bool = True  # also write a native transformers export with the final checkpoint
     resume: Optional[str] = None  # None | "auto" (newest checkpoint in out_dir, if any) | a checkpoint dir
     seed: int = 1337  # model init and data order
+    dist_timeout_minutes: int = 30  # collective timeout: must outlast rank-0-only work (harness evals, exports)
     trackers: list = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     run_name: Optional[str] = None  # tracker run name (default: the out_dir's name)
     profile: bool = False  # torch.profiler trace of a window of iterations into out_dir/profile
@@ -78,7 +79,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Checks that need no runtime information (world size, manifest): raise naming the field."""
         positive = ("seq_len", "micro_batch_size", "max_iters", "log_interval", "eval_iters", "profile_iters",
-                    "activation_checkpointing_every")
+                    "activation_checkpointing_every", "dist_timeout_minutes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -25,10 +25,15 @@ def build_accelerator(cfg: TrainConfig, grad_accum_steps: int) -> Accelerator:
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     cpu_multi = launched and not torch.cuda.is_available()
     kwargs_handlers = []
+    # The collective timeout must outlast what rank 0 does alone while the others wait at a barrier
+    # (harness evals, the native export at a checkpoint); NCCL's default is 10 minutes.
+    timeout = timedelta(minutes=cfg.dist_timeout_minutes)
     if cpu_multi:
         # Without CUDA the default backend resolution leaves DeepSpeed counting one process (its
         # batch-size check then fails); gloo is the CPU collective backend.
-        kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=10)))
+        kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timeout))
+    elif launched:
+        kwargs_handlers.append(InitProcessGroupKwargs(timeout=timeout))
     mixed_precision = None if cfg.precision == "auto" else _PRECISION_TO_ACCELERATE[cfg.precision]
     accelerator = Accelerator(
         gradient_accumulation_steps=grad_accum_steps,
@@ -109,6 +114,14 @@ def zero_stage(accelerator: Accelerator) -> int | None:
     if not is_deepspeed(accelerator):
         return None
     return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def optimizer_offloaded(accelerator: Accelerator) -> bool:
+    """The DeepSpeed config puts the optimizer states (and step) on the CPU (ds_configs/*_offload.json)."""
+    if not is_deepspeed(accelerator):
+        return False
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    return str(zero.get("offload_optimizer", {}).get("device", "none")).lower() == "cpu"
 
 
 def params_are_sharded(accelerator: Accelerator) -> bool:

@@ -20,6 +20,8 @@ Sources (datasheets as published by NVIDIA):
          FP8 1513, FP32 51.2 (datasheet: 51).
   H200   H200 datasheet: same GH100 compute as the H100 SXM (BF16 1979 TF*, FP8 3958 TF*, FP32 67),
          more and faster memory (141 GB HBM3e).
+  H100 NVL / H200 NVL  the PCIe NVL cards (lower power): BF16/FP16 1671 TF* -> 835.5 dense, FP8
+         3341 TF* -> 1670.5, TF32 835 TF* -> 417.5, FP32 60; 94 GB (H100 NVL) / 141 GB (H200 NVL).
   A100   A100 datasheet (SXM4 and PCIe, 40 and 80 GB alike): BF16/FP16 312 TF (624*), TF32 156,
          FP32 19.5. No FP8.
   A6000  RTX A6000 datasheet + GA102 whitepaper appendix: "Tensor performance 309.7 TF" is FP16 WITH
@@ -41,6 +43,8 @@ import re
 
 PEAK_FLOPS: dict[str, dict[str, float]] = {
     "B200": {"bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15, "tf32": 1.125e15, "fp32": 75e12},
+    "H200 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "fp8": 1670.5e12, "tf32": 417.5e12, "fp32": 60e12},
+    "H100 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "fp8": 1670.5e12, "tf32": 417.5e12, "fp32": 60e12},
     "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "H100 SXM": {"bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "H100 PCIe": {"bf16": 756.5e12, "fp16": 756.5e12, "fp8": 1513e12, "tf32": 378e12, "fp32": 51.2e12},
@@ -57,8 +61,10 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 # margin absorbs the difference. Variants with the same compute but less memory are noted.
 GPU_MEMORY_GB: dict[str, float] = {
     "B200": 180.0,  # HGX/DGX B200: 180 GB HBM3e per GPU (the B200 package holds 192 GB; 180 usable)
-    "H200": 141.0,  # H200 SXM / NVL: 141 GB HBM3e
-    "H100 SXM": 80.0,  # 80 GB HBM3 (the H100 NVL card has 94 GB and is not this entry)
+    "H200": 141.0,  # H200 SXM: 141 GB HBM3e
+    "H200 NVL": 141.0,
+    "H100 NVL": 94.0,
+    "H100 SXM": 80.0,  # 80 GB HBM3
     "H100 PCIe": 80.0,  # 80 GB HBM2e
     "A100": 80.0,  # the 40 GB A100 has the same peak FLOPs: pass --gpu-memory-gb 40 to the planner
     "A6000": 48.0,  # 48 GB GDDR6 with ECC
@@ -81,7 +87,9 @@ DTYPE_ALIASES: dict[str, str] = {
 # "NVIDIA RTX A6000", "NVIDIA GeForce RTX 4090") and what people type ("h100", "a6000", "4090").
 _NAME_PATTERNS: list[tuple[str, str]] = [
     (r"(?<!g)b200", "B200"),  # not a GB200 superchip's B200 (1200 W, different peak)
+    (r"h200.*nvl", "H200 NVL"),  # the PCIe card: lower clocks and power than the SXM module
     (r"(?<!g)h200", "H200"),  # not a GH200 (96/144 GB, H100 compute)
+    (r"h100.*nvl", "H100 NVL"),
     (r"h100.*pcie|h100pcie", "H100 PCIe"),
     (r"h100(?!.*nvl)", "H100 SXM"),  # "H100 80GB HBM3", "H100 SXM5 80GB", "h100"; the NVL card differs
     (r"a100", "A100"),

@@ -36,9 +36,17 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; `fused=None` uses the fused kernel when every parameter is on CUDA."""
+    cpu_offload: bool = False,
+) -> torch.optim.Optimizer:
+    """AdamW over `param_groups`; `fused=None` uses the fused kernel when every parameter is on CUDA.
+
+    cpu_offload: the DeepSpeed config offloads the optimizer to the CPU; DeepSpeed then needs its own
+    vectorised CPU AdamW (the same AdamW update, JIT-built on first use) and refuses torch's."""
     groups = param_groups(model, weight_decay)
+    if cpu_offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
     if fused is None:
         fused = fused_adamw_available(p for g in groups for p in g["params"])
     kwargs = {"fused": True} if fused else {}

@@ -26,7 +26,7 @@ from training import callbacks as cb
 from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume
 from training.config import TrainConfig, load_config, parse_overrides
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
-                                  precision_name, strategy_description)
+                                  optimizer_offloaded, precision_name, strategy_description)
 from training.optim import build_optimizer, build_scheduler
 from training.trainer import Trainer
 
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(cfg.data_dir)
 
     optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                cfg.adam_eps, fused=cfg.fused_adamw)
+                                cfg.adam_eps, fused=cfg.fused_adamw, cpu_offload=optimizer_offloaded(accelerator))
+    optimizer_name = type(optimizer).__name__  # before prepare() wraps it
     scheduler = build_scheduler(optimizer, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # not prepared: it must step once per optimizer step
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_iter": tokens_per_iter, "max_iters": cfg.max_iters,
         "data": {"dir": cfg.data_dir, "tokens": {k: v["tokens"] for k, v in manifest["splits"].items()},
                  "tokenizer": manifest["tokenizer"]},
-        "model_wrapper": type(model).__name__,
+        "model_wrapper": type(model).__name__, "optimizer": optimizer_name,
         "mem_kind": "cuda_allocator" if accelerator.device.type == "cuda" else "process_rss",
     }
     callbacks = [

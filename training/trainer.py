@@ -58,10 +58,12 @@ class Trainer:
         self.preempted = False  # the ranks agreed to stop: checkpoint and exit
         self.untimed_s = 0.0  # seconds spent in evals/checkpoints, excluded from throughput
         self._batches: Optional[Iterator] = None
-        self._stop_group = self._stop_work = self._stop_flag = None  # see _should_stop
+        self._stop_group = None  # see _should_stop
+        self._fp16_step_skipped = False  # see _step_was_applied
 
     # ---------------------------------------------------------------------------------------------
     def fit(self) -> None:
+        self._stop_group = self._make_stop_group()
         self._install_signal_handlers()
         self._emit("on_train_start")
         self._batches = iter(self.train_loader)
@@ -74,7 +76,6 @@ class Trainer:
             if self._should_stop():
                 self.preempted = True
                 break
-        self._finish_stop_agreement()
         if self.preempted:
             self._emit("on_preempt")
         self._emit("on_train_end")
@@ -129,9 +130,14 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             with nvtx("clip"):
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        scaler = getattr(self.accelerator, "scaler", None)  # fp16 only
+        scale = scaler.get_scale() if scaler is not None else None  # a host sync: fp16 only
         with nvtx("opt_step"):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        # The scaler halves its scale exactly when it skipped the update for inf/nan gradients; with the
+        # fused AdamW the kernel skips on the device and accelerate's own skipped-flag stays False.
+        self._fp16_step_skipped = scale is not None and scaler.get_scale() < scale
         return grad_norm
 
     def _step_was_applied(self) -> bool:
@@ -142,7 +148,7 @@ class Trainer:
             return True
         if is_deepspeed(self.accelerator):
             return bool(self.model.was_step_applied())
-        return not self.accelerator.optimizer_step_was_skipped
+        return not self._fp16_step_skipped
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -189,30 +195,23 @@ class Trainer:
             signal.signal(sig, request_stop)
 
     def _should_stop(self) -> bool:
-        """Agree across ranks on stopping, every step, without waiting on the GPU: torchrun kills the
-        workers 30 s after forwarding SIGTERM, so waiting for a log step could miss the window.
-
-        The flag is a CPU tensor all-reduced asynchronously over a gloo group (the default group on
-        CPU, a side group under NCCL): this step starts the reduction of its flag and reads the one
-        started a step ago, so the host never blocks on the device or on the other ranks' progress
-        and every rank stops at the same iteration, one step after the signal."""
+        """Agree across ranks on stopping, at the end of every step, without waiting on the GPU:
+        torchrun kills the workers 30 s after forwarding SIGTERM, so waiting for a log step could miss
+        the window. The flag is a CPU tensor all-reduced over a gloo group (the default group on CPU, a
+        side group next to NCCL): the host waits only for the other ranks' hosts, never for a device."""
         if self.accelerator.num_processes == 1:
             return self.stop_requested
         import torch.distributed as dist
 
-        agreed = False
-        if self._stop_work is not None:
-            self._stop_work.wait()
-            agreed = bool(self._stop_flag.item() > 0)  # a CPU tensor: no device sync
-        if self._stop_group is None:
-            default_is_gloo = dist.get_backend() == "gloo"
-            self._stop_group = dist.group.WORLD if default_is_gloo else dist.new_group(backend="gloo")
-        self._stop_flag = torch.tensor([float(self.stop_requested)])
-        self._stop_work = dist.all_reduce(self._stop_flag, group=self._stop_group, async_op=True)
-        return agreed
+        flag = torch.tensor([float(self.stop_requested)])
+        dist.all_reduce(flag, group=self._stop_group)
+        return bool(flag.item() > 0)  # a CPU tensor: no device sync
 
-    def _finish_stop_agreement(self) -> None:
-        """The reduction started by the last step must complete before the process group goes away."""
-        if self._stop_work is not None:
-            self._stop_work.wait()
-            self._stop_work = None
+    def _make_stop_group(self):
+        """Collective (every rank, same point): gloo for the stop flag. On multi-node NCCL runs gloo
+        needs a routable interface: set GLOO_SOCKET_IFNAME if the hostname resolves to loopback."""
+        if self.accelerator.num_processes == 1:
+            return None
+        import torch.distributed as dist
+
+        return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")

@@ -101,7 +101,7 @@ def fake_flash_attn(monkeypatch):
     calls = []
 
     def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
-        calls.append(dict(shape=tuple(q.shape), kv_heads=k.shape[2], causal=causal))
+        calls.append(dict(shape=tuple(q.shape), kv_heads=k.shape[2], causal=causal, dtypes={q.dtype, k.dtype, v.dtype}))
         tq, tk = q.shape[1], k.shape[1]
         mask = torch.ones(tq, tk, dtype=torch.bool).tril(diagonal=tk - tq) if causal else None  # bottom-right
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
@@ -136,9 +136,19 @@ def test_flash_path_layout_causal_and_gqa(fake_flash_attn):
     with torch.no_grad():
         torch.testing.assert_close(flash(input_ids=ids).logits, eager(input_ids=ids).logits, atol=1e-5, rtol=0)
     # (B, S, H, D) layout, GQA passed through un-repeated (2 KV heads for 4 query heads), causal flag set
-    assert fake_flash_attn[0] == dict(shape=(2, 32, 4, 16), kv_heads=2, causal=True)
+    assert fake_flash_attn[0] == dict(shape=(2, 32, 4, 16), kv_heads=2, causal=True, dtypes={torch.float32})
     # generation: prefill then one-token decode steps over the cache (no mask needed on either)
     with torch.no_grad():
         a = flash.generate(ids[:1, :5], max_new_tokens=4, do_sample=False)
         b = eager.generate(ids[:1, :5], max_new_tokens=4, do_sample=False)
     assert a.tolist() == b.tolist()
+
+
+def test_flash_path_under_autocast_gets_one_half_dtype(fake_flash_attn):
+    """Under autocast (fp32 weights, accelerate's mixed precision) RoPE returns fp32 q, k while v is
+    bf16; flash_attn's kernels take a single fp16/bf16 dtype, so the backend casts like HF's integration."""
+    model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-qwen3", attn_implementation="flash_attention_2"))
+    ids = torch.randint(0, 2048, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert fake_flash_attn and all(c["dtypes"] == {torch.bfloat16} for c in fake_flash_attn)

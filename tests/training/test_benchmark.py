@@ -292,3 +292,28 @@ def test_no_graph_breaks_for_torch_compile():
         full = torch._dynamo.explain(model)(input_ids=ids, labels=ids, return_logits=False)
         assert block.graph_break_count == 0, (preset, block.break_reasons)
         assert full.graph_break_count == 0, (preset, full.break_reasons)
+
+
+def test_micro_batch_search_stops_at_oom_and_undoes_its_probe_steps(monkeypatch):
+    """`--micro-batch auto` (CUDA) doubles until a step runs out of memory; the probes' optimizer steps
+    must not leak into the timed run (every variant starts from the same weights) nor its peak memory."""
+    src = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).eval()
+    runner = benchmark.build_runner(src, benchmark.Variant("ours", "sdpa", False, "chunked"), torch.device("cpu"),
+                                    "fp32", "amp")
+    before = {k: t.clone() for k, t in runner.model.state_dict().items()}
+    real_step = runner.step
+
+    def step(ids, eager=False):  # a device with room for 4 sequences: the real step, then OOM beyond
+        real_step(ids, eager=eager)
+        if ids.shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.zeros(())
+
+    monkeypatch.setattr(runner, "step", step)
+    assert benchmark.find_max_micro_batch(runner, 16, 2048, torch.device("cpu"), seed=0, cap=64) == 4
+    after = runner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # four AdamW probe steps undone
+    assert not runner.optimizer.state
+    with pytest.raises(RuntimeError, match="boom"):  # anything but OOM is a real error, not a search result
+        monkeypatch.setattr(runner, "step", lambda ids, eager=False: (_ for _ in ()).throw(RuntimeError("boom")))
+        benchmark.find_max_micro_batch(runner, 16, 2048, torch.device("cpu"), seed=0, cap=64)

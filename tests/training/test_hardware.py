@@ -16,6 +16,8 @@ from training.hardware import (
     ("NVIDIA H100 80GB HBM3", "H100 SXM"),
     ("NVIDIA H100 PCIe", "H100 PCIe"),
     ("NVIDIA H200", "H200"),
+    ("NVIDIA H200 NVL", "H200 NVL"),  # the PCIe card: 835.5 dense BF16 TF/s, not the SXM's 989.4
+    ("NVIDIA H100 NVL", "H100 NVL"),
     ("NVIDIA B200", "B200"),
     ("NVIDIA A100-SXM4-80GB", "A100"),
     ("NVIDIA A100-SXM4-40GB", "A100"),
@@ -34,7 +36,6 @@ def test_canonical_names(reported, canonical):
 
 
 @pytest.mark.parametrize("other", [
-    "NVIDIA H100 NVL",  # 94 GB, lower clocks: not the SXM entry
     "NVIDIA RTX 6000 Ada Generation",  # not an RTX A6000
     "NVIDIA GB200",  # a different B200 (1200 W)
     "NVIDIA GeForce RTX 3090 Ti",
@@ -57,6 +58,7 @@ def test_dense_peaks_from_datasheets():
     assert peak_flops("A6000", "bf16") == pytest.approx(309.7e12 / 2, rel=1e-3)  # 309.7 TFLOPS is with sparsity
     assert peak_flops("B200", "bf16") == 2.25e15  # HGX B200: 36 PFLOPS* for 8 GPUs -> 4.5* per GPU -> 2.25 dense
     assert PEAK_FLOPS["H200"] == PEAK_FLOPS["H100 SXM"]  # same GH100 compute
+    assert peak_flops("NVIDIA H200 NVL", "bf16") == pytest.approx(1671e12 / 2, rel=1e-3)  # the PCIe card
     assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4e12
     assert peak_flops("A100", "tf32") == 156e12 and peak_flops("A100", "fp32") == 19.5e12
 

@@ -78,20 +78,51 @@ def test_weight_decay_only_on_matrices():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))  # tied head counted once
 
 
-@pytest.mark.parametrize("precision, deepspeed, applied, expected", [
-    ("fp16", False, False, False),  # GradScaler found inf/nan: the update was skipped
-    ("fp16", False, True, True),
-    ("fp16", True, False, False),  # DeepSpeed's loss scaler skipped it
-    ("fp16", True, True, True),
-    ("bf16", False, False, True),  # no loss scaling: every step applies (and nothing is asked)
-])
-def test_lr_schedule_does_not_advance_on_skipped_fp16_steps(monkeypatch, precision, deepspeed, applied, expected):
+class _FakeScaler:
+    """GradScaler's contract: step() then update() halve the scale exactly when the step was skipped."""
+
+    def __init__(self):
+        self.scale = 65536.0
+
+    def get_scale(self):
+        return self.scale
+
+
+@pytest.mark.parametrize("overflow", [True, False])
+def test_lr_schedule_does_not_advance_on_skipped_fp16_steps(monkeypatch, overflow):
+    """fp16 outside DeepSpeed: a skipped update (inf/nan gradients) is seen through the loss scale, which
+    also works for the fused AdamW (whose kernel skips on the device while accelerate reports no skip)."""
     import types
 
     from training import trainer as trainer_mod
 
-    monkeypatch.setattr(trainer_mod, "is_deepspeed", lambda acc: deepspeed)
+    monkeypatch.setattr(trainer_mod, "is_deepspeed", lambda acc: False)
+    scaler = _FakeScaler()
+
+    def step():  # AcceleratedOptimizer.step: scaler.step(optimizer); scaler.update()
+        if overflow:
+            scaler.scale /= 2
+
     t = trainer_mod.Trainer.__new__(trainer_mod.Trainer)
-    t.accelerator = types.SimpleNamespace(mixed_precision=precision, optimizer_step_was_skipped=not applied)
+    t.cfg = types.SimpleNamespace(grad_clip=0.0)
+    t.callbacks = []
+    t.accelerator = types.SimpleNamespace(mixed_precision="fp16", scaler=scaler, backward=lambda loss: None,
+                                          optimizer_step_was_skipped=False)  # what accelerate says with fused AdamW
+    t.optimizer = types.SimpleNamespace(step=step, zero_grad=lambda set_to_none: None)
+    t._backward_and_step(torch.zeros(()))
+    assert t._step_was_applied() is not overflow
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_deepspeed_fp16_skips_are_read_from_the_engine(monkeypatch, applied):
+    import types
+
+    from training import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "is_deepspeed", lambda acc: True)
+    t = trainer_mod.Trainer.__new__(trainer_mod.Trainer)
+    t.accelerator = types.SimpleNamespace(mixed_precision="fp16")
     t.model = types.SimpleNamespace(was_step_applied=lambda: applied)
-    assert t._step_was_applied() is expected
+    assert t._step_was_applied() is applied
+    t.accelerator = types.SimpleNamespace(mixed_precision="bf16")  # no loss scaling: nothing to ask
+    assert t._step_was_applied() is True
