@@ -105,8 +105,11 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def flash_attn_unavailable_reason() -> Optional[str]:
-    """None when flash_attention_2 can run here, else why not."""
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def flash_attn_unavailable_reason(compute_dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """None when flash_attention_2 can run here (for a run computing in `compute_dtype`, if given), else why not."""
     if importlib.util.find_spec("flash_attn") is None:
         return f"the flash_attn package is not installed ({FLASH_INSTALL_HINT})"
     if not _cuda_available():
@@ -115,10 +118,9 @@ def flash_attn_unavailable_reason() -> Optional[str]:
         importlib.import_module("flash_attn")
     except Exception as exc:  # a broken build (ABI mismatch with torch) is common; report it, don't crash
         return f"flash_attn is installed but fails to import ({exc}); reinstall: {FLASH_INSTALL_HINT}"
+    if compute_dtype is not None and compute_dtype not in HALF_DTYPES:
+        return f"this run computes in {compute_dtype} and flash_attn kernels take fp16/bf16 only (train in bf16)"
     return None
-
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def resolve_attn_implementation(requested: Optional[str], compute_dtype: Optional[torch.dtype] = None) -> tuple[str, str]:
@@ -128,19 +130,14 @@ def resolve_attn_implementation(requested: Optional[str], compute_dtype: Optiona
     knows it; flash_attn kernels take fp16/bf16 only, so "auto" skips them for an fp32 run.
     """
     requested = requested or "auto"
-    fp32_run = compute_dtype is not None and compute_dtype not in HALF_DTYPES
     if requested == "auto":
-        why_not_flash = flash_attn_unavailable_reason()
-        if why_not_flash is None and fp32_run:
-            why_not_flash = f"this run computes in {compute_dtype} and flash_attn kernels take fp16/bf16 only"
+        why_not_flash = flash_attn_unavailable_reason(compute_dtype)
         if why_not_flash is None:
             return "flash_attention_2", "auto: flash_attn is installed and CUDA is available"
         return "sdpa", f"auto: not flash_attention_2 because {why_not_flash}; using torch SDPA " \
                        "(on CUDA its flash kernel is FlashAttention-2)"
     if requested == "flash_attention_2":
-        why_not = flash_attn_unavailable_reason()
-        if why_not is None and fp32_run:
-            why_not = f"this run computes in {compute_dtype} and flash_attn kernels take fp16/bf16 only (train in bf16)"
+        why_not = flash_attn_unavailable_reason(compute_dtype)
         if why_not is not None:
             raise ImportError(
                 f"attn_implementation='flash_attention_2' was requested but cannot run: {why_not}. "

@@ -110,17 +110,21 @@ def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, grad_accum_s
         )
 
 
-def zero_stage(accelerator: Accelerator) -> int | None:
+def _zero_config(accelerator: Accelerator) -> dict | None:
+    """The DeepSpeed config's zero_optimization section; None when DeepSpeed does not run."""
     if not is_deepspeed(accelerator):
         return None
-    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+    return accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    zero = _zero_config(accelerator)
+    return None if zero is None else int(zero.get("stage", 0))
 
 
 def optimizer_offloaded(accelerator: Accelerator) -> bool:
     """The DeepSpeed config puts the optimizer states (and step) on the CPU (ds_configs/*_offload.json)."""
-    if not is_deepspeed(accelerator):
-        return False
-    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    zero = _zero_config(accelerator) or {}
     return str(zero.get("offload_optimizer", {}).get("device", "none")).lower() == "cpu"
 
 

@@ -52,7 +52,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.fl
         raise ValueError(f"seq_len={cfg.seq_len} exceeds the learned position table ({config.max_position_embeddings})")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = DecoderForCausalLM(config)
-    model.attn_backend_reason = reason if cfg.attn_implementation == "auto" else "requested explicitly"
+    if cfg.attn_implementation == "auto":  # the model was handed the resolved name: keep auto's reason
+        model.attn_backend_reason = reason
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                               every_n_layers=cfg.activation_checkpointing_every)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
 import torch
+import torch.distributed as dist
 
 from .distributed import is_deepspeed
 
@@ -75,9 +76,8 @@ class Trainer:
             self._emit("on_step_end", out)
             if self._should_stop():
                 self.preempted = True
+                self._emit("on_preempt")
                 break
-        if self.preempted:
-            self._emit("on_preempt")
         self._emit("on_train_end")
 
     def train_step(self) -> StepOutput:
@@ -201,8 +201,6 @@ class Trainer:
         side group next to NCCL): the host waits only for the other ranks' hosts, never for a device."""
         if self.accelerator.num_processes == 1:
             return self.stop_requested
-        import torch.distributed as dist
-
         flag = torch.tensor([float(self.stop_requested)])
         dist.all_reduce(flag, group=self._stop_group)
         return bool(flag.item() > 0)  # a CPU tensor: no device sync
@@ -212,6 +210,4 @@ class Trainer:
         needs a routable interface: set GLOO_SOCKET_IFNAME if the hostname resolves to loopback."""
         if self.accelerator.num_processes == 1:
             return None
-        import torch.distributed as dist
-
         return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")

@@ -117,7 +117,9 @@ def plan_batch(
         L = config.num_hidden_layers
         every = max(n for n in range(1, L + 1) if total(micro, activation_checkpointing_every=n) <= budget)
         common["activation_checkpointing_every"] = every
-        recomputed = -(-L // every)
+    mem = estimate_memory(config, micro_batch=micro, **common)
+    if activation_checkpointing:
+        recomputed = mem["activation_model"]["recomputed_layers"]
         if recomputed < L:
             notes.append(f"micro-batch {micro} fits with {recomputed} of {L} blocks recomputed: "
                          f"--activation_checkpointing_every={every}")
@@ -127,7 +129,6 @@ def plan_batch(
         elif without:
             notes.append(f"without activation checkpointing micro-batch {without} fits (no recompute: ~25% fewer "
                          f"FLOPs per step, more accumulation steps): `batch` without --activation-checkpointing plans it")
-    mem = estimate_memory(config, micro_batch=micro, **common)
     result.update(
         activation_checkpointing_every=every,
         micro_batch=micro, grad_accum_steps=accum, global_batch_sequences=global_batch_sequences,
