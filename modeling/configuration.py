@@ -8,9 +8,12 @@ invalid combination fails at construction with an error naming the field and the
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import sys
 from typing import Any
 
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import strict, type_validator
 from transformers import PreTrainedConfig
 
 NORM_TYPES = ("layernorm", "rmsnorm")
@@ -107,10 +110,41 @@ class DecoderConfig(PreTrainedConfig):
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         fields = {k: v for k, v in PRESETS[name].items() if k != "source"}
-        fields.update(overrides)
+        fields.update({k: _checked_override(cls, k, v) for k, v in overrides.items()})
         config = cls(**fields)
         config.preset_name = name
         return config
+
+
+# Keyword arguments of PreTrainedConfig that overrides may carry besides DecoderConfig's own fields.
+_CONFIG_KWARGS = ("attn_implementation",)
+
+
+def _checked_override(cls, name: str, value: Any) -> Any:
+    """An override must name a field (a typo would otherwise be stored as an unused attribute:
+    PreTrainedConfig accepts any keyword) and have its type (an int where a float is declared is
+    promoted); anything else fails here, naming the field, instead of deep in validation."""
+    # the types DecoderConfig itself declares (PreTrainedConfig's own fields are named, not typed, here)
+    hints = {k: eval(t, vars(sys.modules[cls.__module__])) if isinstance(t, str) else t  # noqa: S307 - our annotations
+             for k, t in cls.__dict__.get("__annotations__", {}).items()}
+    declared = {f.name for f in dataclasses.fields(cls)}
+    if name not in declared and name not in _CONFIG_KWARGS:
+        close = difflib.get_close_matches(name, sorted(declared), n=3)
+        raise ValueError(f"DecoderConfig has no field {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                         f"; fields: {', '.join(sorted(declared))}"))
+    if name not in hints:
+        return value
+    try:
+        type_validator(name, value, hints[name])
+    except TypeError as exc:
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                type_validator(name, float(value), hints[name])
+                return float(value)
+            except TypeError:
+                pass
+        raise ValueError(f"DecoderConfig.{name}: {exc}") from None
+    return value
 
 
 def _check(ok: bool, field: str, message: str) -> None:

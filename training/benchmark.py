@@ -516,7 +516,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every variant; returns the result document (rows, ratios, summary) written as JSON."""
     device = torch.device(args.device)
     overrides = parse_overrides(args.set or [])
-    config = DecoderConfig.from_preset(args.preset, **overrides)
+    try:
+        config = DecoderConfig.from_preset(args.preset, **overrides)
+    except (KeyError, ValueError) as exc:  # unknown preset or field, wrong type or value: named in the message
+        raise SystemExit(f"--preset {args.preset} --set {' '.join(args.set or []) or '(none)'}: "
+                         f"{exc.args[0] if exc.args else exc}")
     if args.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
         raise SystemExit(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings} "
                          "of the learned position table; lower --seq-len or --set max_position_embeddings=...")

@@ -43,6 +43,22 @@ def test_bad_configs_name_the_field(kwargs, field):
         DecoderConfig.from_preset("tiny-llama", **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hiden_size=64), r"no field 'hiden_size'; did you mean hidden_size\?"),  # PreTrainedConfig would keep it unused
+    (dict(hidden_size="abc"), r"DecoderConfig\.hidden_size: .*expected int, got str"),
+    (dict(qk_norm="yes"), r"DecoderConfig\.qk_norm: .*expected bool"),
+    (dict(num_hidden_layers=True), r"DecoderConfig\.num_hidden_layers: .*expected int, got bool"),
+])
+def test_overrides_with_unknown_names_or_wrong_types_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecoderConfig.from_preset("tiny-llama", **kwargs)
+
+
+def test_int_overrides_of_float_fields_are_promoted():
+    c = DecoderConfig.from_preset("tiny-llama", rope_theta=500000, dropout=0)
+    assert (c.rope_theta, c.dropout) == (500000.0, 0.0) and isinstance(c.rope_theta, float)
+
+
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(KeyError, match=r"unknown preset 'llama9'.*qwen3-1\.8b.*tiny-llama"):
         DecoderConfig.from_preset("llama9")

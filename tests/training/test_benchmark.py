@@ -104,6 +104,18 @@ def test_cli_rejects_unknown_choices():
         benchmark.resolve_args(benchmark.build_parser().parse_args(["--device", "cpu", "--micro-batch", "big"]))
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "llama9"], "unknown preset 'llama9'"),
+    (["--set", "hiden_size=64"], "no field 'hiden_size'; did you mean hidden_size"),
+    (["--set", "hidden_size=wide"], "hidden_size: .*expected int"),
+])
+def test_bad_model_arguments_stop_before_any_run(argv, message, tmp_path):
+    """A clear one-line error (SystemExit), no traceback, nothing timed and no results files written."""
+    with pytest.raises(SystemExit, match=message):
+        benchmark.main(["--device", "cpu", "--json", str(tmp_path / "r.json"), *argv])
+    assert not (tmp_path / "r.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # A real tiny CPU run, in a subprocess, exactly as documented
 # ----------------------------------------------------------------------------------------------
