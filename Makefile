@@ -5,25 +5,45 @@ PYTHON      ?= python3
 # CPU machines: torch==2.13.0 (CPU build). GPU machines: install your CUDA torch into the venv first,
 # then `make setup CONSTRAINTS=constraints/gpu.txt` (see README, "Installing on a GPU machine").
 CONSTRAINTS ?= constraints/cpu.txt
+# Every other dependency at the exact version the suite passed with (re-lock: `make lock`).
+LOCK        ?= constraints/lock.txt
 EXTRAS      ?= dev
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-$(EXTRAS)
+LATEST_VENV ?= .venv-latest
 
-.PHONY: setup demo test test-all clean
+SHELL       := /bin/bash
+.PHONY: setup demo test test-latest lock clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# PIP_CONSTRAINT also reaches pip's isolated build environments (deepspeed builds from an sdist)
-	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
-	touch $@
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) $(LOCK)
+	@echo "setup: installing llmstack[$(EXTRAS)] and its locked dependencies into $(VENV) (first time: 3-5 minutes) ..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# PIP_CONSTRAINT also reaches pip's isolated build environments (deepspeed builds from an sdist)
+	@start=$$(date +%s); \
+	PIP_CONSTRAINT="$(abspath $(CONSTRAINTS)) $(abspath $(LOCK))" $(PY) -m pip install --quiet \
+	    --disable-pip-version-check -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" ; \
+	test $${PIPESTATUS[0]} -eq 0 && echo "setup: done in $$(( $$(date +%s) - start )) s"
+	@touch $@
 
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
 test: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite against the newest versions setup.cfg allows (no lock): run it before `make lock`, and
+# now and then, so that a new release that breaks us is seen here before a user sees it.
+test-latest:
+	@test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	PIP_CONSTRAINT="$(abspath $(CONSTRAINTS))" $(LATEST_VENV)/bin/python -m pip install --quiet \
+	    --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | diff $(LOCK) - | grep '^[<>]' || echo "test-latest: same versions as $(LOCK)"
+	PATH=$(abspath $(LATEST_VENV))/bin:$$PATH $(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lock:
+	bash scripts/lock.sh
 
 clean:
 	rm -rf runs/demo data/demo .pytest_cache

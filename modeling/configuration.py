@@ -27,7 +27,7 @@ class DecoderConfig(PreTrainedConfig):
     """Configuration of a decoder-only transformer (pre-norm blocks: x + attn(norm(x)), x + mlp(norm(x)))."""
 
     model_type = "llmstack_decoder"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 32000  # rows of the token embedding (and of the LM head)
     hidden_size: int = 768  # residual stream width

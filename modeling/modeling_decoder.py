@@ -29,6 +29,17 @@ from .losses import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: generate() passes it under
+# the new name and the output classes store it under the new field (the old one is a warning alias).
+# Our forwards take both names; outputs are built with whichever field this transformers declares.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache: Optional[Cache], past_key_values: Optional[Cache]) -> Optional[Cache]:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the KV cache once, as `cache` (or `past_key_values` on transformers < 5.24)")
+    return cache if cache is not None else past_key_values
+
 
 # ----------------------------------------------------------------------------------------------
 # Norms
@@ -137,7 +148,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
 
-    def forward(self, x, rope, mask, past_key_values: Optional[Cache]):
+    def forward(self, x, rope, mask, cache: Optional[Cache]):
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -149,8 +160,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if past_key_values is not None:  # the HF cache stores (B, H, T, hd)
-            k, v = past_key_values.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
+        if cache is not None:  # the HF cache stores (B, H, T, hd)
+            k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Tk, nkv, hd)
         attn = ATTENTION_FUNCTIONS[self.config._attn_implementation]
         causal = mask is None and q.shape[1] == k.shape[1]  # Tq == 1 over a cache needs no mask at all
@@ -173,8 +184,8 @@ class DecoderBlock(GradientCheckpointingLayer):
         self.mlp = SwiGLU(config) if config.is_gated_mlp else MLP(config)
         self.dropout = build_dropout(config.dropout)
 
-    def forward(self, x, rope=None, mask=None, past_key_values=None):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
+    def forward(self, x, rope=None, mask=None, cache=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, mask, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -187,7 +198,7 @@ class DecoderPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flash_attn_2 = True  # the pre-v5 spelling, for tools that still read it
@@ -245,19 +256,21 @@ class DecoderModel(DecoderPreTrainedModel):
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[Cache] = None,
+        cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         use_cache: Optional[bool] = None,
+        past_key_values: Optional[Cache] = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T = x.shape[:2]
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_len = cache.get_seq_length() if cache is not None else 0
 
         # A mask that is all ones is no mask: check it here (a host sync, only when a mask is passed:
         # generation and evaluation; the training loop passes none) so the fast causal kernels run.
@@ -282,9 +295,9 @@ class DecoderModel(DecoderPreTrainedModel):
             rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         x = self.dropout(x)
         for block in self.layers:
-            x = block(x, rope, mask, past_key_values)
+            x = block(x, rope, mask, cache)
         x = self.norm(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache if use_cache else None})
 
 
 def _build_mask(attention_mask, B: int, T: int, past_len: int, device) -> Optional[torch.Tensor]:
@@ -331,13 +344,14 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[Cache] = None,
+        cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         labels: Optional[torch.LongTensor] = None,
         shift_labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
         logits_to_keep: int = 0,
         return_logits: bool = True,
+        past_key_values: Optional[Cache] = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` follow the HF convention (aligned with input_ids, shifted here); `shift_labels` are
@@ -349,8 +363,9 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         the logits are returned either way."""
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
         )
+        kv = {CACHE_FIELD: getattr(out, CACHE_FIELD)}
         h = out.last_hidden_state  # (B, T, C)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -363,7 +378,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
             # it unmaterialised here: then take the plain path, which runs through lm_head's hooks.
             if weight.shape == (self.config.vocab_size, h.shape[-1]):
                 loss = linear_cross_entropy(h, weight, shift_labels, chunk_size=self.loss_chunk_size)
-                return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
+                return CausalLMOutputWithPast(loss=loss, logits=None, **kv)
             if not getattr(self, "_warned_chunked_loss", False):
                 logger.warning("return_logits=False: lm_head.weight is %s here (partitioned, e.g. ZeRO-3), "
                                "so the loss uses the full-logits path", tuple(weight.shape))
@@ -374,4 +389,4 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)), shift_labels.reshape(-1).to(logits.device), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **kv)

@@ -37,6 +37,27 @@ def test_generate_with_cache_equals_without(preset):
     assert cached.tolist() == uncached.tolist()
 
 
+def test_cache_is_accepted_under_both_names():
+    """transformers >= 5.24 passes the KV cache as `cache`, older releases as `past_key_values`: both fill
+    the same cache, and decoding one token over it equals the full forward's last position."""
+    from transformers.cache_utils import DynamicCache
+
+    from modeling.modeling_decoder import CACHE_FIELD
+
+    model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).eval()
+    ids = torch.randint(0, 2048, (1, 9))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -1]
+        for name in ("cache", "past_key_values"):
+            cache = DynamicCache(config=model.config)
+            out = model(input_ids=ids[:, :-1], use_cache=True, **{name: cache})
+            assert getattr(out, CACHE_FIELD) is cache and cache.get_seq_length() == 8
+            step = model(input_ids=ids[:, -1:], use_cache=True, **{name: cache}).logits[:, -1]
+            torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="pass the KV cache once"):
+            model(input_ids=ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+
+
 def test_left_padded_batch_matches_unpadded():
     model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).eval()
     a = torch.randint(0, 2048, (1, 10))
