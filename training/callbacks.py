@@ -22,6 +22,7 @@ from modeling import mfu
 
 from . import checkpoint
 from .distributed import is_deepspeed, params_are_sharded, zero_stage
+from .nonfinite import LossSpikes
 
 logger = logging.getLogger("training")
 
@@ -69,9 +70,12 @@ class JsonlLogger:
         elif record["type"] != "config":
             logger.info("%s", {k: v for k, v in record.items() if k != "time"})
 
-    def on_train_end(self, trainer) -> None:
-        if trainer.cfg.trackers:
-            trainer.accelerator.end_training()
+    def on_train_abort(self, trainer) -> None:
+        # Trackers are finished here only when the run dies; a run that ends well finishes them in
+        # run.py after the final checkpoint (end_training also destroys the process group, which the
+        # checkpoint's collectives still need: called from a callback it cost the final checkpoint).
+        for tracker in trainer.accelerator.trackers:
+            tracker.finish()
 
 
 def _console_line(r: dict) -> str:
@@ -139,8 +143,9 @@ class TrainMetrics:
     Time per iteration is the wall time of the log window divided by its iterations, minus the time
     evals and checkpoints took (they wrap themselves in trainer.untimed()), so no per-step sync."""
 
-    def __init__(self, flops_per_token: float, peak_flops: Optional[float]):
+    def __init__(self, flops_per_token: float, peak_flops: Optional[float], spikes: Optional[LossSpikes] = None):
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.spikes = spikes
         self.window_start: Optional[float] = None
         self.window_untimed = 0.0
         self.window_iters = 0
@@ -195,10 +200,18 @@ class TrainMetrics:
             "tflops": per_gpu * self.flops_per_token / 1e12, "mfu": mfu(per_gpu, self.flops_per_token, self.peak_flops),
             "time_ms": time_ms, **memory_stats(acc.device),
         }
+        if trainer.guard.policy == "skip":
+            record["skipped_steps"] = trainer.guard.skipped_steps
         self.reset_memory_peak = True  # at the next step's start: after this step's evals and checkpoints
         if not math.isfinite(loss):
             record["nonfinite_loss"] = True
         _main_only_write(trainer, record)
+        zscore = self.spikes.update(loss) if self.spikes is not None else None
+        if zscore is not None:
+            logger.warning("loss spike at iteration %d: %.4f is %.1f standard deviations above the recent mean",
+                           trainer.state.iter, loss, zscore)
+            _main_only_write(trainer, {"type": "loss_spike", "iter": trainer.state.iter, "loss": loss,
+                                       "zscore": round(zscore, 2)})
         self.window_start, self.window_iters = None, 0
 
 

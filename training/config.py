@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py holds the behaviour (no torch import here)
 
 
 @dataclass
@@ -74,6 +76,11 @@ class TrainConfig:
     profile: bool = False  # torch.profiler trace of a window of iterations into out_dir/profile
     profile_start: int = 5  # first profiled iteration
     profile_iters: int = 3  # profiled iterations
+    # --- non-finite losses and gradients (training/nonfinite.py) -------------------------------------
+    nonfinite_policy: str = "stop"  # stop: the first non-finite loss/grad norm ends the run (exit 3) | skip: skip such steps
+    nonfinite_max_skips: int = 10  # policy skip: this many skipped steps in a row end the run
+    loss_spike_zscore: float = 0.0  # log a loss_spike event when a logged loss is this many std devs above the window mean (0: off)
+    loss_spike_window: int = 50  # logged losses in the spike detector's window
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -95,6 +102,17 @@ class TrainConfig:
                 f"global_batch_tokens={self.global_batch_tokens} is not a multiple of seq_len={self.seq_len}; "
                 f"use {self.global_batch_tokens // self.seq_len * self.seq_len} or set global_batch_size in sequences"
             )
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip", "loss_spike_zscore"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} is not a finite number")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.adam_eps <= 0 or self.grad_clip < 0:
+            raise ValueError("need 0 <= beta1, beta2 < 1, adam_eps > 0 and grad_clip >= 0 (0 disables clipping)")
+        if self.nonfinite_policy not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite_policy={self.nonfinite_policy!r}: choose one of {NONFINITE_POLICIES}")
+        if self.nonfinite_max_skips <= 0 or self.loss_spike_window < 2 or self.loss_spike_zscore < 0:
+            raise ValueError("need nonfinite_max_skips >= 1, loss_spike_window >= 2 and loss_spike_zscore >= 0")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr={self.min_lr} must lie in [0, lr={self.lr}]")
         if self.warmup_iters < 0 or (self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters):

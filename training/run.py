@@ -12,6 +12,7 @@ checkpointing -> torch.compile (per block) -> accelerate.prepare (the parallel w
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,10 +28,14 @@ from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resu
 from training.config import TrainConfig, load_config, parse_overrides
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
                                   optimizer_offloaded, precision_name, strategy_description)
+from training.nonfinite import EXIT_CODE as NONFINITE_EXIT, LossSpikes, NonFiniteError
 from training.optim import build_optimizer, build_scheduler
+from training.run_lock import OutDirLock
+from training.worker import check_jit_builds, exit_with_launcher
 from training.trainer import Trainer
 
 logger = logging.getLogger("training")
+_RUN_LOCK: list = []  # the out_dir lock of this process (rank 0), released by the kernel at exit
 
 USAGE = __doc__ + "\nRecipe keys (defaults):\n" + "\n".join(
     f"  --{name}={value!r}" for name, value in TrainConfig().to_dict().items()
@@ -103,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("--recipe=")), None)
         argv = [a for a in argv if not a.startswith("--recipe=")]
     cfg = load_config(recipe, parse_overrides(argv))
+    exit_with_launcher()  # an orphaned worker (launcher killed with -9) gets SIGTERM: checkpoint and exit
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if rank == 0:  # held until this process exits: a second run into out_dir is refused
+        _RUN_LOCK.append(OutDirLock(cfg.out_dir).acquire())
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
     if resume_from is None and latest_checkpoint(cfg.out_dir) is not None:
         raise ValueError(
@@ -110,15 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             "it, or choose another out_dir (nothing was overwritten)"
         )
 
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
+        check_jit_builds(["deepspeed_shm_comm"], announce=os.environ.get("LOCAL_RANK", "0") == "0")
     # The accelerator needs the accumulation steps, which need the world size: read it from the
     # launcher's environment first (WORLD_SIZE), then check against the accelerator.
-    import os
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accum = cfg.grad_accum_steps(world_size)
     accelerator = build_accelerator(cfg, accum)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if accelerator.num_processes != world_size:
         raise RuntimeError(f"WORLD_SIZE={world_size} but accelerate sees {accelerator.num_processes} processes")
     configure_deepspeed(accelerator, cfg, accum)
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(cfg, vocab, compute_dtype(accelerator))
     tokenizer = load_tokenizer(cfg.data_dir)
 
+    if optimizer_offloaded(accelerator):
+        check_jit_builds(["cpu_adam"], announce=accelerator.is_local_main_process)
     optimizer = build_optimizer(model.to(accelerator.device), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                 cfg.adam_eps, fused=cfg.fused_adamw, cpu_offload=optimizer_offloaded(accelerator))
     optimizer_name = type(optimizer).__name__  # before prepare() wraps it
@@ -166,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     callbacks = [
         cb.JsonlLogger(cfg.out_dir),
-        cb.TrainMetrics(fpt, peak),
+        cb.TrainMetrics(fpt, peak, LossSpikes(cfg.loss_spike_zscore, cfg.loss_spike_window)),
         cb.LayerGradNorms(cfg.grad_norm_layers_interval),
         cb.Validation(),
         cb.HarnessEval(cfg.harness_interval, cfg.harness_data_dir, cfg.harness_limit),
@@ -183,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("resumed from %s at iteration %d", resume_from, trainer.state.iter)
     trainer.fit()
     accelerator.wait_for_everyone()
+    if cfg.trackers:
+        accelerator.end_training()  # last: it destroys the process group the final checkpoint needed
     return 0
 
 
@@ -198,9 +211,18 @@ def _peak_flops(device_name: str, precision: str):
         return None
 
 
+def _fail(exc: BaseException, code: int) -> None:
+    """One line on stderr, from rank 0 only: these errors are the same on every rank (a config every rank
+    read, a verdict the ranks agreed on), and N copies under the launcher's output help nobody."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except NonFiniteError as exc:
+        _fail(exc, NONFINITE_EXIT)
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(exc, 2)

@@ -10,6 +10,8 @@ losses and norms stay tensors until a callback reads them on a log step.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed import is_deepspeed
+from .nonfinite import NAN_TEST_ENV, NonFiniteError, NonFiniteGuard, is_finite
 
 
 def nvtx(name: str):
@@ -44,6 +47,8 @@ class StepOutput:
     loss: torch.Tensor  # mean loss of this rank's micro-batches (a device tensor: no sync)
     lr: float  # learning rate used by this step
     grad_norm: Optional[torch.Tensor]  # pre-clip global norm (None under DeepSpeed: read from the engine)
+    finite: Optional[torch.Tensor] = None  # device bool: loss and gradient norm were finite (no sync)
+    applied: bool = True  # the optimizer step changed the weights (False: skipped, see nonfinite.py)
 
 
 class Trainer:
@@ -61,6 +66,9 @@ class Trainer:
         self._batches: Optional[Iterator] = None
         self._stop_group = None  # see _should_stop
         self._fp16_step_skipped = False  # see _step_was_applied
+        self.guard = NonFiniteGuard(cfg.nonfinite_policy, cfg.nonfinite_max_skips, accelerator.device)
+        # Test hook (as data_prep's crash hook): "4,5" makes the loss NaN at iterations 4 and 5.
+        self._nan_iters = {int(i) for i in os.environ.get(NAN_TEST_ENV, "").split(",") if i.strip()}
 
     # ---------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -68,23 +76,55 @@ class Trainer:
         self._install_signal_handlers()
         self._emit("on_train_start")
         self._batches = iter(self.train_loader)
-        while self.state.iter < self.cfg.max_iters:
-            self._emit("on_step_begin")
-            out = self.train_step()
-            self.state.iter += 1
-            self.state.tokens += self.tokens_per_iter
-            self._emit("on_step_end", out)
-            if self._should_stop():
-                self.preempted = True
-                self._emit("on_preempt")
-                break
+        try:
+            while self.state.iter < self.cfg.max_iters:
+                self._emit("on_step_begin")
+                out = self.train_step()
+                self.state.iter += 1
+                self.state.tokens += self.tokens_per_iter
+                self._guard_step(out)
+                self._emit("on_step_end", out)
+                if self._should_stop():
+                    self.preempted = True
+                    self.guard.check(self._stop_group)  # no checkpoint from a non-finite state
+                    self._emit("on_preempt")
+                    break
+        except NonFiniteError as exc:
+            if self.accelerator.is_main_process:
+                self.log({"type": "nonfinite", "iter": self.state.iter, "policy": self.cfg.nonfinite_policy,
+                          "skipped_steps": self.guard.skipped_steps, "message": str(exc)})
+            self._emit("on_train_abort")
+            raise
         self._emit("on_train_end")
+
+    def _guard_step(self, out: StepOutput) -> None:
+        """Feed the step's verdict to the non-finite guard; at the loop's sync points (before any log
+        record, evaluation or checkpoint) ask it, which raises NonFiniteError under policy stop."""
+        if out.finite is not None:
+            self.guard.observe(self.state.iter, out.finite)
+        if self.guard.policy == "skip":
+            if out.applied:
+                self.guard.step_applied()
+            elif self._is_nonfinite_skip():
+                self.guard.step_skipped(self.state.iter)
+                if self.accelerator.is_main_process:
+                    self.log({"type": "skipped_step", "iter": self.state.iter, "skipped_steps": self.guard.skipped_steps})
+        cfg, it = self.cfg, self.state.iter
+        if it == cfg.max_iters or it % cfg.log_interval == 0 or any(
+                self.is_step(n) for n in (cfg.eval_interval, cfg.checkpoint_interval, cfg.harness_interval)):
+            self.guard.check(self._stop_group)
+
+    def _is_nonfinite_skip(self) -> bool:
+        """An unapplied step is a non-finite skip, except under fp16 where loss scaling skips overflowing
+        steps as a matter of course while it calibrates."""
+        return str(self.accelerator.mixed_precision) != "fp16"
 
     def train_step(self) -> StepOutput:
         self.model.train()
         device = self.accelerator.device
         loss_sum = torch.zeros((), device=device)
         lr = self.scheduler.get_last_lr()[0]
+        grad_norm, applied = None, True
         for _ in range(self.grad_accum_steps):
             with nvtx("data_fetch"):
                 x, y = next(self._batches)
@@ -95,12 +135,23 @@ class Trainer:
                 with nvtx("forward"):
                     # chunked LM-head loss: the full (tokens x vocab) fp32 logits never exist
                     loss = self.model(input_ids=x, shift_labels=y, return_logits=False).loss
+                    if self.state.iter + 1 in self._nan_iters:
+                        loss = loss * float("nan")
                 loss_sum += loss.detach()
-                grad_norm = self._backward_and_step(loss) if self.accelerator.sync_gradients else self._backward(loss)
-        if self._step_was_applied():
+                if self.accelerator.sync_gradients:
+                    grad_norm, applied = self._backward_and_step(loss)
+                else:
+                    self._backward(loss)
+        applied = applied and self._step_was_applied()
+        if applied:  # a skipped step (fp16 overflow, non-finite gradients) must not advance the schedule
             with nvtx("sched_step"):
                 self.scheduler.step()
-        return StepOutput(loss=loss_sum / self.grad_accum_steps, lr=lr, grad_norm=grad_norm)
+        fp16 = str(self.accelerator.mixed_precision) == "fp16"  # overflowing fp16 gradients are routine
+        finite = is_finite(loss_sum) if fp16 or grad_norm is None else is_finite(loss_sum, grad_norm)
+        if not applied and not fp16:  # DeepSpeed skipped a step with a non-finite gradient norm
+            finite = torch.zeros((), dtype=torch.bool, device=device)
+        return StepOutput(loss=loss_sum / self.grad_accum_steps, lr=lr, grad_norm=grad_norm, finite=finite,
+                          applied=applied)
 
     def _backward(self, loss: torch.Tensor) -> None:
         with nvtx("backward"):
@@ -110,9 +161,12 @@ class Trainer:
             else:
                 self.accelerator.backward(loss)
 
-    def _backward_and_step(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
-        """The last micro-batch: backward (gradients reduced), callbacks may read them, clip, step, zero."""
+    def _backward_and_step(self, loss: torch.Tensor) -> tuple[Optional[torch.Tensor], bool]:
+        """The last micro-batch: backward (gradients reduced), callbacks may read them, clip, step, zero.
+        Returns the pre-clip gradient norm (None where the engine keeps it) and whether the step was
+        applied (policy skip: not when the norm is non-finite; see nonfinite.py)."""
         grad_norm = None
+        skip_policy = self.guard.policy == "skip" and str(self.accelerator.mixed_precision) != "fp16"
         if is_deepspeed(self.accelerator):
             # accelerate's DeepSpeed backward, split open so that callbacks see the reduced gradients
             # before the engine's step (which clips by the DS config's gradient_clipping, steps, zeroes).
@@ -121,15 +175,26 @@ class Trainer:
                 engine.set_gradient_accumulation_boundary(is_boundary=True)
                 engine.backward(loss)
             self._emit("on_before_optimizer_step")
+            # ZeRO-1/2/3 optimizers skip a step with a non-finite norm themselves (`overflow`); a plain
+            # ZeRO-0 optimizer applies anything, so under policy skip the guard asks first (one sync).
+            if skip_policy and not hasattr(engine.optimizer, "overflow"):
+                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+                if not bool(torch.isfinite(norm)):
+                    engine.zero_grad()
+                    return norm, False
             with nvtx("opt_step"):
                 engine.step()
-            return None
+            return None, bool(engine.was_step_applied())  # a host bool: DeepSpeed has already synced
         with nvtx("backward"):
             self.accelerator.backward(loss)
         self._emit("on_before_optimizer_step")
-        if self.cfg.grad_clip > 0:
-            with nvtx("clip"):
-                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.cfg.grad_clip > 0 or skip_policy:
+            with nvtx("clip"):  # max_norm=inf: the norm alone (grad_clip 0 under policy skip)
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+        if skip_policy and not bool(torch.isfinite(grad_norm)):  # the norm is global: every rank agrees
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, False
         scaler = getattr(self.accelerator, "scaler", None)  # fp16 only
         scale = scaler.get_scale() if scaler is not None else None  # a host sync: fp16 only
         with nvtx("opt_step"):
@@ -138,32 +203,34 @@ class Trainer:
         # The scaler halves its scale exactly when it skipped the update for inf/nan gradients; with the
         # fused AdamW the kernel skips on the device and accelerate's own skipped-flag stays False.
         self._fp16_step_skipped = scale is not None and scaler.get_scale() < scale
-        return grad_norm
+        return grad_norm, True
 
     def _step_was_applied(self) -> bool:
         """False when fp16 loss scaling skipped the update (inf/nan gradients): the LR schedule must
         not advance then, or every overflow would shorten warm-up. Asked only under fp16, the one
         precision that skips steps (the question costs a host sync there)."""
-        if str(self.accelerator.mixed_precision) != "fp16":
-            return True
-        if is_deepspeed(self.accelerator):
-            return bool(self.model.was_step_applied())
+        if str(self.accelerator.mixed_precision) != "fp16" or is_deepspeed(self.accelerator):
+            return True  # DeepSpeed's answer came back from _backward_and_step
         return not self._fp16_step_skipped
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean validation loss over `eval_iters` micro-batches per rank (the same batches every time)."""
+        """Mean validation loss over the first `eval_iters` micro-batches per rank, the same batches at
+        every evaluation: the val loader is a finite stream that starts over at each iteration and is
+        never checkpointed, so a resumed run scores exactly what an uninterrupted one does."""
         self.model.eval()
         device = self.accelerator.device
-        total, count = torch.zeros((), device=device), 0
-        for i, (x, y) in enumerate(self.val_loader):
-            if i >= self.cfg.eval_iters:
-                break
-            total += self.model(input_ids=x.to(device), shift_labels=y.to(device)).loss
-            count += 1
-        mean = self.accelerator.reduce(total / max(count, 1), reduction="mean")
+        total, seqs = torch.zeros((), device=device), torch.zeros((), device=device)
+        # zip with the range first: stops after eval_iters batches without fetching one more
+        for _, (x, y, *_) in zip(range(self.cfg.eval_iters), self.val_loader):
+            loss = self.model(input_ids=x.to(device, non_blocking=True), shift_labels=y.to(device, non_blocking=True)).loss
+            total += loss * x.shape[0]
+            seqs += x.shape[0]
+        # Summed over ranks, weighted by sequences: a short last batch, or a rank with fewer val
+        # batches (the split ran out), counts for what it holds.
+        total, seqs = self.accelerator.reduce(torch.stack([total, seqs]), reduction="sum")
         self.model.train()
-        return float(mean.item())  # sync: eval steps only
+        return float((total / seqs.clamp_min(1)).item())  # sync: eval steps only
 
     # ---------------------------------------------------------------------------------------------
     def is_step(self, interval: int) -> bool:

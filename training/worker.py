@@ -1,0 +1,77 @@
+"""Process hygiene for a training worker: die with the launcher, never hang on a stale build lock.
+
+- `exit_with_launcher()`: torchrun's agent (inside `accelerate launch`) is the workers' parent. Killed
+  with -9 it cannot forward anything, and the workers trained on to the end as orphans, writing
+  checkpoints. Linux's PR_SET_PDEATHSIG has the kernel send the worker SIGTERM when its parent dies;
+  the trainer treats that like any SIGTERM (the ranks agree, checkpoint, exit within a step).
+- `check_jit_builds()`: DeepSpeed compiles some ops on first use (on CPU `deepspeed_shm_comm` at
+  every launch's start, `cpu_adam` with optimizer offload) under a lock file in torch's extension
+  cache. A build killed half-way leaves that file, and every later launch on the machine waited on it
+  forever, silently. Here a lock older than any real build is reported and removed, and a first build
+  is announced with how long it takes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("training")
+PR_SET_PDEATHSIG = 1
+# A real build of these ops takes 1-2 minutes on 2 cores: a lock this old was left by a killed build.
+STALE_BUILD_LOCK_S = 10 * 60
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def exit_with_launcher() -> None:
+    """Ask the kernel for SIGTERM when the parent (the launcher's agent) dies. Linux only; a no-op elsewhere."""
+    if not sys.platform.startswith("linux") or not launched_by_torchrun():
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if parent == 1 or os.getppid() != parent:  # the launcher died before we asked: act now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def extensions_root() -> Path:
+    """torch's JIT extension cache: TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions/py3XX_{cpu,cuNNN}."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory("probe", verbose=False)).parent
+
+
+def check_jit_builds(ops: list[str], announce: bool) -> None:
+    """Remove stale build locks of `ops` (older than STALE_BUILD_LOCK_S) with a warning, and announce
+    (when `announce`, i.e. on one rank per node) the ops that this launch will compile."""
+    try:
+        root = extensions_root()
+    except Exception:  # noqa: BLE001 - a private torch helper: never let it stop a run
+        return
+    for op in ops:
+        build = root / op
+        lock = build / "lock"
+        if lock.exists():
+            age = time.time() - lock.stat().st_mtime
+            if age > STALE_BUILD_LOCK_S:
+                logger.warning("removing a stale build lock %s (%.0f min old, left by a killed build of %s); "
+                               "the op is rebuilt now", lock, age / 60, op)
+                lock.unlink(missing_ok=True)
+            elif announce:
+                logger.warning("waiting for another process's build of DeepSpeed op %s (lock %s, %.0f s old); if "
+                               "no build is running, delete that file", op, lock, age)
+        if announce and not any(build.glob(f"{op}*.so")):
+            logger.warning("building DeepSpeed op %s (first run on this machine only, about 1-2 minutes) into %s",
+                           op, build)
