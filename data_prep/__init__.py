@@ -1,7 +1,9 @@
-"""data_prep: corpus -> tokenizer -> token shards (.bin memmap) + manifest.json -> training batches.
+"""data_prep: corpus -> tokenizer -> token shards (datatrove .ds + .index) + manifest.json -> batches.
 
     python -m data_prep.tokenizer train --input CORPUS --vocab-size N --out TOKDIR
     python -m data_prep.prepare --input CORPUS --tokenizer TOKDIR --out DATA --seq-len T --val-fraction F
+    python -m data_prep.prepare ... --max-tokens 117e9 --tasks 512 --workers 64 [--node-rank R --num-nodes N]
+    python -m data_prep.prepare --out DATA --finalize
     python -m data_prep.bench
 
     from data_prep import PackedTokenDataset, build_dataloader, load_manifest, check_vocab_compat

@@ -9,7 +9,8 @@ interrupted `prepare` resumes without duplicating or losing a document: local fi
 byte offset (seek, no re-reading), Parquet at a row (whole row groups are skipped via metadata),
 Hub datasets at a row (or the `datasets` iterator state for streaming).
 
-Local files are processed as bytes and decoded one record at a time, so memory stays bounded by the
+Files are local paths or fsspec URLs (hf://datasets/..., s3://...); .zst/.gz are decompressed
+while streaming. Files are processed as bytes and decoded one record at a time, so memory stays bounded by the
 block size plus one record, and undecodable bytes are replaced (U+FFFD) and counted, never fatal.
 """
 
@@ -19,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 # Read size for local files. A module constant so tests can shrink it and prove that where blocks
 # end never changes the documents.
@@ -79,16 +80,47 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
             pos += e.end
 
 
-def _records(path: Path, start: int, sep: re.Pattern[bytes], *, defer_tail: bool = False
-             ) -> Iterator[tuple[bytes, int]]:
+def is_remote(source: str | Path) -> bool:
+    """An fsspec URL (hf://, s3://, gs://, https://...) rather than a local path."""
+    return isinstance(source, str) and "://" in source
+
+
+def open_bytes(source: str | Path, compression: str | None = None, start: int = 0) -> BinaryIO:
+    """A binary stream of `source` (local path or fsspec URL), decompressed, positioned at `start`.
+
+    Plain local files are opened directly (seekable, fastest). Compressed (.zst, .gz) and remote
+    files go through fsspec, the I/O layer datatrove also uses, which streams them; a compressed
+    stream cannot seek, so a non-zero `start` is reached by reading forward.
+    """
+    if compression is None and not is_remote(source):
+        f: Any = open(source, "rb")
+        f.seek(start)
+        return f
+    import fsspec
+
+    try:
+        f = fsspec.open(str(source), "rb", compression=compression).open()
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"cannot open {source}: {type(e).__name__}: {e}. Check the path or URL "
+                          "(and credentials, e.g. `huggingface-cli login` for gated hf:// data).") from e
+    skip = start
+    while skip > 0:
+        got = f.read(min(skip, BLOCK_SIZE))
+        if not got:
+            break
+        skip -= len(got)
+    return f
+
+
+def _records(path: str | Path, start: int, sep: re.Pattern[bytes], *, defer_tail: bool = False,
+             compression: str | None = None) -> Iterator[tuple[bytes, int]]:
     """(record bytes, offset just past the record and its separator), from byte `start`.
 
     Reads BLOCK_SIZE bytes at a time. With `defer_tail`, a separator that reaches the end of the
     buffer is only accepted once a non-blank byte follows it (more blank lines may come in the
     next block), so where blocks end never changes the records.
     """
-    with open(path, "rb") as f:
-        f.seek(start)
+    with open_bytes(path, compression, start) as f:
         base = start  # file offset of buf[0]
         buf = b""
         scan = 0  # where a separator can start in buf (nothing before it can match any more)
@@ -123,10 +155,12 @@ class TextFileReader:
     document   the whole file is one document (it must fit in memory)
     """
 
-    def __init__(self, path: Path, sample_by: str, stats: ReadStats, start: int | None = None):
+    def __init__(self, path: str | Path, sample_by: str, stats: ReadStats, start: int | None = None,
+                 compression: str | None = None):
         if sample_by not in SAMPLE_BY:
             raise CorpusError(f"sample_by must be one of {SAMPLE_BY}, got {sample_by!r}")
         self.path, self.sample_by, self.stats = path, sample_by, stats
+        self.compression = compression
         self._pos = start or 0
 
     def position(self) -> int:
@@ -135,14 +169,16 @@ class TextFileReader:
     def documents(self) -> Iterator[str | None]:
         if self.sample_by == "document":
             if self._pos == 0:
-                data = self.path.read_bytes()
+                with open_bytes(self.path, self.compression) as f:
+                    data = f.read()
                 self._pos = len(data)
                 yield self._decode(data, 0) if data.strip(_ASCII_WS) else None
             return
         paragraphs = self.sample_by == "paragraph"
         sep = _PARAGRAPH_SEP if paragraphs else _LINE_SEP
         # This loop runs once per document on the pipeline's critical path: keep it lean.
-        for rec, end in _records(self.path, self._pos, sep, defer_tail=paragraphs):
+        for rec, end in _records(self.path, self._pos, sep, defer_tail=paragraphs,
+                                 compression=self.compression):
             offset = self._pos
             self._pos = end
             if paragraphs:
@@ -167,15 +203,17 @@ class TextFileReader:
 class JsonlReader:
     """One JSON object per line; the document is the string in `text_field`."""
 
-    def __init__(self, path: Path, text_field: str, stats: ReadStats, start: int | None = None):
+    def __init__(self, path: str | Path, text_field: str, stats: ReadStats, start: int | None = None,
+                 compression: str | None = None):
         self.path, self.text_field, self.stats = path, text_field, stats
+        self.compression = compression
         self._pos = start or 0
 
     def position(self) -> int:
         return self._pos
 
     def documents(self) -> Iterator[str | None]:
-        for rec, end in _records(self.path, self._pos, _LINE_SEP):
+        for rec, end in _records(self.path, self._pos, _LINE_SEP, compression=self.compression):
             offset = self._pos
             self._pos = end
             if not rec.strip(_ASCII_WS):
@@ -219,7 +257,7 @@ class ParquetReader:
 
     BATCH_ROWS = 1024
 
-    def __init__(self, path: Path, text_field: str, start: int | None = None):
+    def __init__(self, path: str | Path, text_field: str, start: int | None = None):
         self.path, self.text_field = path, text_field
         self._pos = start or 0
 
@@ -229,7 +267,8 @@ class ParquetReader:
     def documents(self) -> Iterator[str | None]:
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self.path)
+        # Remote files through fsspec: the footer is read first, then only the needed row groups.
+        pf = pq.ParquetFile(open_bytes(self.path) if is_remote(self.path) else self.path)
         names = pf.schema_arrow.names
         if self.text_field not in names:
             raise CorpusError(

@@ -1,41 +1,66 @@
-"""Token shards on disk: packing documents, appending chunks, committing the resume state.
+"""Token shards on disk: packing documents, the train/val rule, and writing bounded-size shards.
 
-`ShardWriter` owns DIR/{split}.bin.partial and DIR/prepare_state.json during a `prepare` run. The
-state file only ever claims bytes that were fsync'ed first, so after any interruption the partial
-shards hold at least the committed bytes, and a resume truncates whatever came after.
+A shard is datatrove's TokenizedFile format, written with datatrove's own `TokenizedFile`:
+
+    DIR/{split}/TTTTT_PPPPP.ds          tokens, raw little-endian uint16 | uint32
+    DIR/{split}/TTTTT_PPPPP.ds.index    uint64 little-endian cumulative document ends (in tokens)
+
+(task TTTTT, part PPPPP). `ShardSet` cuts a task's token stream into shards of at most
+`shard_tokens` tokens at document boundaries (a single longer document gets a shard of its own),
+computes each shard's sha256, token and document counts and max token id WHILE writing (so
+finishing never re-reads the data), and writes under a hidden temporary name that is renamed into
+place when the shard is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_json
-from .determinism import unit_interval_array
-from .readers import CorpusError
-from .sources import Chunk
-
-STATE_NAME = "prepare_state.json"
-# Test hook: "N" raises after chunk N (0-based, this process) is written but before it is
-# committed; "N:kill" SIGKILLs the process at that point instead (a real, unclean interruption).
-CRASH_ENV = "DATA_PREP_TEST_CRASH_AFTER_CHUNKS"
+# Test hook: "N" makes a task raise after writing N tokenization batches; "N:kill" SIGKILLs the
+# process there instead (a real, unclean interruption, as a preempted node would be).
+CRASH_ENV = "DATA_PREP_TEST_CRASH_AFTER_BATCHES"
 
 
 class SimulatedCrash(RuntimeError):
     """Raised by the CRASH_ENV test hook."""
 
 
-def bin_name(split: str) -> str:
-    return f"{split}.bin"
+def shard_name(task: int, part: int) -> str:
+    return f"{task:05d}_{part:05d}.ds"
 
 
-def partial_name(split: str) -> str:
-    return f"{split}.bin.partial"
+def doc_to_val(seed: int, text: str, val_fraction: float) -> bool:
+    """Whether a document goes to validation: a keyed hash of its text alone.
+
+    Never the document's position: the split is then the same whatever the number of tasks,
+    machines or workers, and whatever order the files are read in. (Identical documents land in
+    the same split, which also keeps exact duplicates from straddling train and val.)
+    """
+    if val_fraction <= 0:
+        return False
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8,
+                        key=str(seed).encode())
+    return int.from_bytes(h.digest(), "little") < val_fraction * 2.0**64
+
+
+def to_arrays(encodings: list[Any], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`tokenizers` Encodings -> (lengths int64 (D,), flat ids in `dtype` (sum(lengths),))."""
+    ids = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    try:
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    except OverflowError:
+        raise ValueError(
+            f"a token id does not fit in {np.dtype(dtype).name}; the tokenizer produced ids beyond "
+            "its reported length. Use --dtype uint32."
+        ) from None
+    return lengths, flat
 
 
 def pack_flat(lengths: np.ndarray, flat: np.ndarray, eos_id: int, bos_id: int | None) -> np.ndarray:
@@ -58,97 +83,92 @@ def pack_flat(lengths: np.ndarray, flat: np.ndarray, eos_id: int, bos_id: int | 
     return out
 
 
-def _crash_hook() -> tuple[int, str]:
-    raw = os.environ.get(CRASH_ENV, "")
-    if not raw:
-        return -1, ""
-    n, _, mode = raw.partition(":")
-    return int(n), mode or "raise"
+class _OpenShard:
+    """One shard being written: datatrove's TokenizedFile plus what the manifest needs."""
 
+    def __init__(self, split_dir: Path, name: str, itemsize: int) -> None:
+        from datatrove.pipeline.tokens.tokenizer import TokenizedFile
 
-class ShardWriter:
-    """Routes each encoded chunk to its split, appends it to the partial shards, commits state.
+        self.split_dir, self.name = split_dir, name
+        self.tmp = f".{name}.tmp"
+        self.file = TokenizedFile(str(split_dir), self.tmp, save_index=True, token_size=itemsize)
+        self.sha = hashlib.sha256()
+        self.tokens = self.documents = 0
+        self.max_id = -1
 
-    The state file only ever claims bytes that were fsync'ed first, so after any interruption the
-    partial shards hold at least the committed bytes, and resume truncates the rest.
-    """
+    def write(self, packed: np.ndarray, doc_ends: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(packed)).cast("B")
+        self.sha.update(data)  # hashed as written: finishing never re-reads the shard
+        self.file.write_bytes(bytes(data), doc_ends=doc_ends.tolist())
+        self.tokens += int(packed.size)
+        self.documents += int(doc_ends.size)
+        self.max_id = max(self.max_id, int(packed.max()))
 
-    def __init__(self, out: Path, state: dict[str, Any], *, eos_id: int, bos_id: int | None,
-                 seed: int, val_fraction: float, commit_every_s: float) -> None:
-        self.out, self.state = out, state
-        self.eos_id, self.bos_id = eos_id, bos_id
-        self.seed, self.val_fraction, self.commit_every_s = seed, val_fraction, commit_every_s
-        self.splits = list(state["splits"])
-        self.session_tokens = 0
-        self.crash_at, self.crash_mode = _crash_hook()
-        self.files = {split: self._open(split, info["bytes"]) for split, info in state["splits"].items()}
-        self._last_commit = time.perf_counter()
-
-    def _open(self, split: str, committed: int) -> Any:
-        path = self.out / partial_name(split)
-        path.touch()
-        size = path.stat().st_size
-        if size < committed:
-            raise CorpusError(
-                f"{path} has {size} bytes but {STATE_NAME} committed {committed}: the partial output "
-                "was damaged. Re-run with --overwrite to start over."
-            )
-        f = open(path, "r+b")
-        f.truncate(committed)  # drop what was written after the last commit (a crash mid-chunk)
-        f.seek(committed)
-        return f
-
-    def _route(self, chunk: Chunk, lengths: np.ndarray, flat: np.ndarray
-               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        if len(self.splits) == 1 or all(s == "train" for s in chunk.splits):
-            return {"train": (lengths, flat)}
-        first = self.state["documents"]  # global index of this chunk's first document
-        doc_index = np.arange(first, first + lengths.size)
-        hashed_val = unit_interval_array(self.seed, doc_index) < self.val_fraction
-        fixed = np.array([s or "" for s in chunk.splits])
-        to_val = np.where(fixed == "", hashed_val, fixed == "val")  # the source's split wins
-        token_to_val = np.repeat(to_val, lengths)
+    def close(self, split: str) -> dict[str, Any]:
+        self.file.close()  # writes the .index
+        for suffix in ("", ".index"):
+            tmp = self.split_dir / f"{self.tmp}{suffix}"
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())  # durable before the task record claims the shard
+            os.replace(tmp, self.split_dir / f"{self.name}{suffix}")
         return {
-            "train": (lengths[~to_val], flat[~token_to_val]),
-            "val": (lengths[to_val], flat[token_to_val]),
+            "file": f"{split}/{self.name}",
+            "index": f"{split}/{self.name}.index",
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "sha256": self.sha.hexdigest(),
+            "max_token_id": self.max_id,
         }
 
-    def write(self, chunk: Chunk, encoded: tuple[np.ndarray, np.ndarray], index: int) -> None:
-        for split, (lengths, flat) in self._route(chunk, *encoded).items():
-            if not lengths.size:
-                continue
-            arr = pack_flat(lengths, flat, self.eos_id, self.bos_id)
-            self.files[split].write(memoryview(arr).cast("B"))
-            info = self.state["splits"][split]
-            info["tokens"] += int(arr.size)
-            info["bytes"] += int(arr.nbytes)
-            info["documents"] += int(lengths.size)
-            info["max_token_id"] = max(info["max_token_id"], int(arr.max()))
-            self.session_tokens += int(arr.size)
-        if index == self.crash_at:  # this chunk is in the .partial files but not committed
-            for f in self.files.values():
-                f.flush()
-            if self.crash_mode == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise SimulatedCrash(f"{CRASH_ENV}: simulated crash in chunk {index}")
-        st = self.state
-        st["documents"] += len(chunk.texts)
-        st["records"] += chunk.records
-        st["skipped_empty"] += chunk.skipped_empty
-        st["replacements"] += chunk.replacements
-        st["chunks"] += 1
-        st["cursor"] = chunk.cursor.to_json()
-        if time.perf_counter() - self._last_commit >= self.commit_every_s:
-            self.commit()
 
-    def commit(self) -> None:
-        # fsync is the expensive part of a commit, hence commit_every_s rather than every chunk.
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())  # durable before the state file claims these bytes
-        atomic_write_json(self.out / STATE_NAME, self.state)
-        self._last_commit = time.perf_counter()
+class ShardSet:
+    """A task's shards of one split: DIR/{split}/{task}_{part}.ds, at most `shard_tokens` each."""
 
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+    def __init__(self, out: Path, split: str, task: int, itemsize: int, shard_tokens: int) -> None:
+        self.out, self.split, self.task = out, split, task
+        self.itemsize, self.shard_tokens = itemsize, shard_tokens
+        self.dir = out / split
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(f".{task:05d}_*.tmp*"):  # left by an interrupted attempt
+            stale.unlink()
+        self.current: _OpenShard | None = None
+        self.closed: list[dict[str, Any]] = []
+        self.tokens = self.documents = 0
+
+    def write(self, packed: np.ndarray, doc_lengths: np.ndarray) -> None:
+        """Append whole documents (`doc_lengths` tokens each, separators included)."""
+        ends = np.cumsum(doc_lengths)
+        first_doc, first_tok = 0, 0
+        while first_doc < ends.size:
+            if self.current is None:
+                self.current = _OpenShard(self.dir, shard_name(self.task, len(self.closed)), self.itemsize)
+            room = self.shard_tokens - self.current.tokens
+            # Documents that still fit in the current shard (by their end offset).
+            last = int(np.searchsorted(ends, first_tok + room, side="right"))
+            if last == first_doc:
+                if self.current.tokens:
+                    self._rotate()
+                    continue
+                last = first_doc + 1  # one document longer than a shard: it gets its own
+            stop_tok = int(ends[last - 1])
+            self.current.write(packed[first_tok:stop_tok], ends[first_doc:last] - first_tok)
+            self.tokens += stop_tok - first_tok
+            self.documents += last - first_doc
+            first_doc, first_tok = last, stop_tok
+            if self.current.tokens >= self.shard_tokens:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        assert self.current is not None
+        self.closed.append(self.current.close(self.split))
+        self.current = None
+
+    def close(self) -> list[dict[str, Any]]:
+        if self.current is not None and self.current.tokens:
+            self._rotate()
+        elif self.current is not None:  # opened but empty: drop its temporary files
+            self.current.file.close()
+            for p in self.dir.glob(f"{self.current.tmp}*"):
+                p.unlink()
+            self.current = None
+        return self.closed

@@ -1,8 +1,11 @@
 """Inputs -> an ordered list of corpus units, and units -> chunks of documents.
 
 An input (`--input`) is one of:
-  * a local .txt / .jsonl / .parquet file, or a directory searched recursively for them (sorted,
-    hidden files skipped, so the order, and therefore the output bytes, never depend on `ls`);
+  * a local .txt / .jsonl / .parquet file (.txt and .jsonl may be compressed: .zst, .gz), a
+    directory searched recursively for them, or a glob ("data/**/*.jsonl.zst"); always sorted,
+    hidden files skipped, so the order, and therefore the output bytes, never depend on `ls`;
+  * the same as an fsspec URL: a file, folder or glob under hf://datasets/..., s3://, gs://, ...
+    (e.g. "hf://datasets/cerebras/SlimPajama-627B/train/**/*.jsonl.zst");
   * a JSONL manifest of files: a .jsonl whose first record has a "path" field and no text field,
     one {"path": ..., "split": "train" | "val" (optional)} per line, relative paths resolved
     against the manifest's folder. "split" pins that file to a split (existing splits are kept);
@@ -11,11 +14,16 @@ An input (`--input`) is one of:
     "HuggingFaceFW/fineweb-edu" (+ `dataset_config`, `split`, `streaming`).
 
 Each unit carries `split`: "train" / "val" when the source says so, None when `prepare` should
-carve the validation set out by hashing the document index.
+carve the validation set out by hashing the document's text.
+
+`shard_units` gives task `rank` of `world` its part of the corpus: every world-th file, and its
+1/world share of each Hub / saved dataset. Units are picklable (a loaded dataset is dropped and
+reopened by the task), so they travel to datatrove's worker processes and Slurm/Ray tasks.
 """
 
 from __future__ import annotations
 
+import glob as _glob
 import json
 import os
 from dataclasses import dataclass
@@ -33,6 +41,9 @@ from .readers import (
 )
 
 FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+# Stream compressions (fsspec names), for .txt and .jsonl: "x.jsonl.zst" is zstd-compressed JSONL.
+COMPRESSIONS = {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}
+_GLOB_CHARS = "*?["
 # Names under which datasets publish a validation split, in order of preference. "test" is
 # deliberately absent: it stays held out for final evaluation.
 VAL_SPLIT_NAMES = ("validation", "valid", "val", "dev")
@@ -54,10 +65,23 @@ class Unit:
     """One sequentially read piece of the corpus."""
 
     kind: str  # "txt" | "jsonl" | "parquet" | "hub"
-    label: str  # path or "name[split]", for messages and the manifest
+    label: str  # path, URL or "name[split]", for messages and the manifest
     split: str | None  # "train" | "val" | None (carve by hash)
-    path: Path | None = None
+    path: Path | None = None  # a local file
     dataset: Any = None  # datasets.Dataset / IterableDataset for kind == "hub"
+    compression: str | None = None  # "zstd" | "gzip" for .zst / .gz files
+    url: str | None = None  # a remote (fsspec) file instead of `path`
+    # How to reopen `dataset` in another process: ("hub", name, config, split, streaming) or
+    # ("disk", path, split_or_None).
+    reopen: tuple | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loaded dataset (Arrow tables, open streams) does not travel to worker processes; the
+        # task reopens it from `reopen`, which is cheap (metadata only when streaming).
+        state = dict(self.__dict__)
+        if self.reopen is not None:
+            state["dataset"] = None
+        return state
 
     def identity(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its resume."""
@@ -70,14 +94,50 @@ class Unit:
             ident["rows"] = _len_or_none(self.dataset)
         return ident
 
+    def open_dataset(self) -> Any:
+        if self.dataset is None and self.reopen is not None:
+            import datasets
+
+            if self.reopen[0] == "hub":
+                _, name, config, split, streaming = self.reopen
+                self.dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+            else:
+                _, path, split = self.reopen
+                ds = datasets.load_from_disk(path)
+                self.dataset = ds[split] if split is not None else ds
+        return self.dataset
+
     def reader(self, options: ReadOptions, stats: ReadStats, start: Any = None):
+        source = self.url if self.url is not None else self.path
         if self.kind == "txt":
-            return TextFileReader(self.path, options.sample_by, stats, start)  # type: ignore[arg-type]
+            return TextFileReader(source, options.sample_by, stats, start, self.compression)  # type: ignore[arg-type]
         if self.kind == "jsonl":
-            return JsonlReader(self.path, options.text_field, stats, start)  # type: ignore[arg-type]
+            return JsonlReader(source, options.text_field, stats, start, self.compression)  # type: ignore[arg-type]
         if self.kind == "parquet":
-            return ParquetReader(self.path, options.text_field, start)  # type: ignore[arg-type]
-        return HubReader(self.dataset, options.text_field, self.label, start)
+            return ParquetReader(source, options.text_field, start)  # type: ignore[arg-type]
+        return HubReader(self.open_dataset(), options.text_field, self.label, start)
+
+
+def shard_units(units: list[Unit], rank: int, world: int) -> list[Unit]:
+    """Task `rank`'s part of the corpus: files rank, rank + world, ... and a 1/world share of
+    every dataset (contiguous rows of a map-style dataset; `split_dataset_by_node` when streaming,
+    which assigns whole files when their number divides evenly, else every world-th example)."""
+    mine: list[Unit] = []
+    files = [u for u in units if u.kind != "hub"]
+    mine += files[rank::world]
+    for u in units:
+        if u.kind != "hub":
+            continue
+        ds = u.open_dataset()
+        if world > 1:
+            if _len_or_none(ds) is None:
+                from datasets.distributed import split_dataset_by_node
+
+                ds = split_dataset_by_node(ds, rank=rank, world_size=world)
+            else:
+                ds = ds.shard(num_shards=world, index=rank, contiguous=True)
+        mine.append(Unit("hub", f"{u.label}#{rank}/{world}", u.split, dataset=ds))
+    return mine
 
 
 def _len_or_none(ds: Any) -> int | None:
@@ -101,13 +161,25 @@ def resolve_inputs(inputs: Sequence[str], options: ReadOptions) -> tuple[list[Un
 
 
 def _resolve_one(raw: str, options: ReadOptions) -> tuple[list[Unit], dict[str, Any]]:
+    if "://" in raw:
+        units = _remote_units(raw)
+        return units, {"input": raw, "kind": "remote", "url": raw, "files": len(units),
+                       "formats": sorted({u.kind for u in units})}
     path = Path(raw).expanduser()
+    if not path.exists() and any(c in raw for c in _GLOB_CHARS):
+        found = sorted(Path(p) for p in _glob.glob(str(path), recursive=True))
+        files = [p for p in found if p.is_file() and _supported(p.name)]
+        if not files:
+            raise CorpusError(f"the glob {raw!r} matches no {'/'.join(sorted(FORMATS))} files. "
+                              "Check the pattern (quote it so the shell does not expand it).")
+        units = [_file_unit(f, None) for f in files]
+        return units, _local_desc(raw, path, units, kind="glob")
     if path.is_dir():
         if _is_saved_dataset(path):
             import datasets
 
             ds = datasets.load_from_disk(str(path))
-            units = _hub_units(ds, str(path), options)
+            units = _hub_units(ds, str(path), options, reopen_from=str(path.resolve()))
             desc = {"input": raw, "kind": "saved_dataset", "path": str(path.resolve()),
                     "splits": _split_desc(units)}
             return units, desc
@@ -120,13 +192,13 @@ def _resolve_one(raw: str, options: ReadOptions) -> tuple[list[Unit], dict[str, 
         units = [_file_unit(f, None) for f in files]
         return units, _local_desc(raw, path, units)
     if path.is_file():
-        fmt = _format_of(path)
-        if fmt == "jsonl" and _is_path_manifest(path, options.text_field):
+        fmt, compression = _format_of(path)
+        if fmt == "jsonl" and compression is None and _is_path_manifest(path, options.text_field):
             units = _manifest_units(path)
             return units, _local_desc(raw, path, units, kind="file_manifest")
         units = [_file_unit(path, None)]
         return units, _local_desc(raw, path, units)
-    if path.suffix.lower() in FORMATS or raw.startswith((".", "/", "~")) or os.sep + os.sep in raw:
+    if _split_suffix(path.name)[0] or raw.startswith((".", "/", "~")) or os.sep + os.sep in raw:
         raise CorpusError(f"input {raw!r} does not exist. Check the path.")
     units = _load_hub(raw, options)
     return units, {
@@ -139,11 +211,38 @@ def _resolve_one(raw: str, options: ReadOptions) -> tuple[list[Unit], dict[str, 
     }
 
 
+def _remote_units(url: str) -> list[Unit]:
+    """Files of an fsspec URL: one file, every supported file under a folder, or a glob."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        if any(c in root for c in _GLOB_CHARS):
+            paths = fs.glob(root)
+        elif fs.isdir(root):
+            paths = fs.find(root)
+        else:
+            paths = [root] if fs.exists(root) else []
+    except Exception as e:  # fsspec backends raise many types for "cannot reach it"
+        raise CorpusError(f"cannot list {url}: {type(e).__name__}: {e}. Check the URL, the network "
+                          "and credentials (`huggingface-cli login` for gated hf:// datasets).") from e
+    paths = sorted(p for p in paths if _supported(p.rsplit("/", 1)[-1]))
+    if not paths:
+        raise CorpusError(f"{url} holds no {'/'.join(sorted(FORMATS))} files (optionally .zst/.gz). "
+                          "Check the URL or glob.")
+    units = []
+    for p in paths:
+        full = fs.unstrip_protocol(p)
+        kind, compression = _format_of(Path(p.rsplit("/", 1)[-1]))
+        units.append(Unit(kind=kind, label=full, split=None, url=full, compression=compression))
+    return units
+
+
 def _local_desc(raw: str, path: Path, units: list[Unit], kind: str = "local") -> dict[str, Any]:
     return {
         "input": raw,
         "kind": kind,
-        "path": str(path.resolve()),
+        "path": str(path.resolve()) if kind != "glob" else raw,
         "files": len(units),
         "bytes": sum(u.path.stat().st_size for u in units if u.path is not None),
         "formats": sorted({u.kind for u in units}),
@@ -154,18 +253,35 @@ def _split_desc(units: list[Unit]) -> dict[str, str]:
     return {u.label: (u.split or "train+val by hash") for u in units}
 
 
-def _format_of(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+def _split_suffix(name: str) -> tuple[str | None, str | None]:
+    """"a.jsonl.zst" -> ("jsonl", "zstd"); unsupported -> (None, None)."""
+    stem, dot, ext = name.lower().rpartition(".")
+    compression = COMPRESSIONS.get("." + ext) if dot else None
+    if compression is not None:
+        stem, dot, ext = stem.rpartition(".")
+    fmt = FORMATS.get("." + ext) if dot else None
+    if fmt == "parquet" and compression is not None:
+        return None, None  # Parquet compresses internally; a compressed .parquet file is a mistake
+    return fmt, compression
+
+
+def _supported(name: str) -> bool:
+    return not name.startswith(".") and _split_suffix(name)[0] is not None
+
+
+def _format_of(path: Path) -> tuple[str, str | None]:
+    fmt, compression = _split_suffix(path.name)
     if fmt is None:
         raise CorpusError(
-            f"{path}: unsupported file type {path.suffix!r}; supported: {sorted(FORMATS)}. "
-            "Convert it, or list supported files in a JSONL manifest."
+            f"{path}: unsupported file type {path.suffix!r}; supported: {sorted(FORMATS)}, .txt and "
+            ".jsonl also compressed (.zst, .gz). Convert it, or list supported files in a JSONL manifest."
         )
-    return fmt
+    return fmt, compression
 
 
 def _file_unit(path: Path, split: str | None) -> Unit:
-    return Unit(kind=_format_of(path), label=str(path), split=split, path=path)
+    kind, compression = _format_of(path)
+    return Unit(kind=kind, label=str(path), split=split, path=path, compression=compression)
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -173,9 +289,8 @@ def _files_under(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if not name.startswith(".") and p.suffix.lower() in FORMATS:
-                found.append(p)
+            if _supported(name):
+                found.append(Path(dirpath) / name)
     return found
 
 
@@ -260,12 +375,29 @@ def _load_hub(name: str, options: ReadOptions) -> list[Unit]:
     if options.split is not None and options.val_split is not None and len(units) == 1:
         # Both splits named: read them as train and val (no carving).
         units[0].split = "train"
-        units.append(Unit("hub", f"{name}[{options.val_split}]", "val", dataset=load(options.val_split)))
+        units.append(Unit("hub", f"{name}[{options.val_split}]", "val", dataset=load(options.val_split),
+                          reopen=("hub", name, options.dataset_config, options.val_split, options.streaming)))
+    for u in units:  # the split key each unit was taken from is in its label: "name[key]" or name
+        key = u.label[len(name) + 1 : -1] if u.label != name else options.split
+        u.reopen = ("hub", name, options.dataset_config, key, options.streaming)
     return units
 
 
-def _hub_units(ds: Any, name: str, options: ReadOptions) -> list[Unit]:
-    """Units for a loaded dataset, keeping its own train/validation splits when it has them."""
+def _hub_units(ds: Any, name: str, options: ReadOptions, reopen_from: str | None = None) -> list[Unit]:
+    """Units for a loaded dataset, keeping its own train/validation splits when it has them.
+
+    `reopen_from`: the save_to_disk folder `ds` came from (units then record how to reload it)."""
+    units = _hub_units_of(ds, name, options)
+    if reopen_from is not None:
+        import datasets
+
+        is_dict = isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict))
+        for u in units:
+            u.reopen = ("disk", reopen_from, u.label[len(name) + 1 : -1] if is_dict else None)
+    return units
+
+
+def _hub_units_of(ds: Any, name: str, options: ReadOptions) -> list[Unit]:
     import datasets
 
     # A DatasetDict / IterableDatasetDict is a dict subclass: test for the datasets classes

@@ -47,7 +47,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
-    """The whole shipped corpus prepared once (seq_len 128, 5% validation)."""
+    """The whole shipped corpus prepared once (seq_len 128, 5% validation; v2 shards)."""
     from data_prep.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
@@ -69,6 +69,45 @@ def tokenizer_dir() -> Path:
 def paragraphs():
     """Independent reference for sample_by="paragraph" (a fixture, so no test imports conftest)."""
     return _paragraphs
+
+
+@pytest.fixture(scope="session")
+def in_val():
+    """Independent reference for the train/val rule: blake2b-64 of the text keyed by str(seed)."""
+    return _in_val
+
+
+def _in_val(text: str, seed: int = 0, fraction: float = 0.05) -> bool:
+    import hashlib
+
+    digest = hashlib.blake2b(text.encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+@pytest.fixture(scope="session")
+def split_docs():
+    """Reads a prepared v2 directory back: {split: [token array of each document, in shard order]}
+    (separators included), from the shard files and their datatrove .index files."""
+    return _split_docs
+
+
+def _split_docs(out: Path) -> dict:
+    import json
+
+    import numpy as np
+
+    m = json.loads((Path(out) / "manifest.json").read_text())
+    dtype = np.dtype(m["dtype"]).newbyteorder("<")
+    docs = {}
+    for split, info in m["splits"].items():
+        docs[split] = []
+        for shard in info["shards"]:
+            tokens = np.fromfile(Path(out) / shard["file"], dtype=dtype)
+            ends = np.fromfile(Path(out) / shard["index"], dtype="<u8")
+            assert ends.size == shard["documents"] and (ends.size == 0 or ends[-1] == tokens.size)
+            starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+            docs[split] += [tokens[a:b] for a, b in zip(starts, ends.astype(np.int64))]
+    return docs
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""prepare: shard contents against independent tokenization, splits, dtypes, resume, bad input."""
+"""prepare: shard contents against independent tokenization, shards, splits, dtypes, resume, bad input."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.determinism import unit_interval
 from data_prep.manifest import ManifestError, load_manifest
 from data_prep.prepare import prepare
 from data_prep.readers import CorpusError
-from data_prep.shards import CRASH_ENV, STATE_NAME, SimulatedCrash
+from data_prep.shards import CRASH_ENV, SimulatedCrash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +30,11 @@ def reference_ids(tok, docs: list[str]) -> list[list[int]]:
     return [tok(d, add_special_tokens=False).input_ids for d in docs]
 
 
-def test_shards_equal_direct_tokenization(tmp_path, small_corpus, tokenizer, paragraphs) -> None:
+def concat(docs: list) -> np.ndarray:
+    return np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
+
+
+def test_shards_equal_direct_tokenization(tmp_path, small_corpus, tokenizer, paragraphs, split_docs) -> None:
     m = prepare([str(small_corpus)], tokenizer, tmp_path / "d", seq_len=64, val_fraction=0.0,
                 progress=False, chunk_chars=20_000)
     docs = corpus_docs(small_corpus, paragraphs)
@@ -40,28 +43,29 @@ def test_shards_equal_direct_tokenization(tmp_path, small_corpus, tokenizer, par
     assert list(m["splits"]) == ["train"]
     assert m["splits"]["train"]["documents"] == len(docs)
     assert m["splits"]["train"]["tokens"] == sum(len(r) + 1 for r in ref)
-    train = np.fromfile(tmp_path / "d" / "train.bin", dtype=np.uint16)
+    [shard] = m["splits"]["train"]["shards"]
+    train = np.fromfile(tmp_path / "d" / shard["file"], dtype="<u2")
     expected = np.fromiter((t for r in ref for t in r + [eos]), dtype=np.uint16)
     np.testing.assert_array_equal(train, expected)
-    assert m["dtype"] == "uint16" and m["eos_id"] == eos and m["seq_len"] == 64
-    assert m["stats"]["chunks"] > 5
+    ends = np.fromfile(tmp_path / "d" / shard["index"], dtype="<u8")
+    np.testing.assert_array_equal(ends, np.cumsum([len(r) + 1 for r in ref]))  # datatrove .index
+    assert [d.tolist() for d in split_docs(tmp_path / "d")["train"]] == [r + [eos] for r in ref]
+    assert m["dtype"] == "uint16" and m["eos_id"] == eos and m["seq_len"] == 64 and not m["add_bos"]
 
 
-def test_decoding_a_stretch_gives_back_the_text(prepared, tokenizer, corpus_dir, paragraphs) -> None:
+def test_decoding_a_stretch_gives_back_the_text(prepared, tokenizer, corpus_dir, paragraphs, in_val,
+                                                split_docs) -> None:
     m = load_manifest(prepared)
     docs = corpus_docs(corpus_dir, paragraphs)
-    val_mask = [unit_interval(0, i) < 0.05 for i in range(len(docs))]
-    train_docs = [d for d, v in zip(docs, val_mask) if not v]
-    val_docs = [d for d, v in zip(docs, val_mask) if v]
+    train_docs = [d for d in docs if not in_val(d)]
+    val_docs = [d for d in docs if in_val(d)]
     assert m["splits"]["train"]["documents"] == len(train_docs)
     assert m["splits"]["val"]["documents"] == len(val_docs)
-    for split, split_docs in (("train", train_docs), ("val", val_docs)):
-        arr = np.memmap(prepared / f"{split}.bin", dtype=np.uint16, mode="r")
-        eos_at = np.flatnonzero(arr == m["eos_id"])
-        assert len(eos_at) == len(split_docs)
-        for k in (0, 1, len(split_docs) // 2, len(split_docs) - 1):
-            lo = 0 if k == 0 else eos_at[k - 1] + 1
-            assert tokenizer.decode(arr[lo : eos_at[k]].tolist()) == split_docs[k]
+    got = split_docs(prepared)
+    for split, expected in (("train", train_docs), ("val", val_docs)):
+        for k in (0, 1, len(expected) // 2, len(expected) - 1):
+            assert got[split][k][-1] == m["eos_id"]
+            assert tokenizer.decode(got[split][k][:-1].tolist()) == expected[k]
 
 
 def test_manifest_and_self_contained_tokenizer(prepared, tokenizer) -> None:
@@ -71,17 +75,24 @@ def test_manifest_and_self_contained_tokenizer(prepared, tokenizer) -> None:
     from data_prep.tokenizer import tokenizer_identity
 
     m = load_manifest(prepared, verify_hash=True)
-    assert m["version"] == "1.0" and m["pipeline"] == "data_prep"
+    assert m["version"] == "2.0" and m["pipeline"] == "data_prep"
     assert m["tokenizer"]["vocab_size"] == len(tokenizer) == 2048
     for key in ("bos_id", "eos_id", "pad_id", "name_or_path", "sha256"):
         assert key in m["tokenizer"]
+    for key in ("created_utc", "add_bos", "split_policy", "sources", "stats", "command", "warnings"):
+        assert key in m
     for split, info in m["splits"].items():
-        assert info["sha256"] == file_sha256(prepared / info["file"])
+        assert info["tokens"] == sum(s["tokens"] for s in info["shards"])
+        assert info["documents"] == sum(s["documents"] for s in info["shards"])
+        for shard in info["shards"]:
+            # sha256 computed while writing equals a fresh hash of the file
+            assert shard["sha256"] == file_sha256(prepared / shard["file"])
+            assert shard["file"].startswith(f"{split}/") and shard["index"] == shard["file"] + ".index"
     copy = AutoTokenizer.from_pretrained(str(prepared / m["tokenizer"]["dir"]))
     assert tokenizer_identity(copy)["sha256"] == m["tokenizer"]["sha256"]
     assert copy.eos_token_id == m["eos_id"]
-    assert not (prepared / STATE_NAME).exists()
-    assert not list(prepared.glob("*.partial")) and not list(prepared.glob(".*"))  # no tmp, no lock
+    for split in m["splits"]:  # no temporaries left next to the shards
+        assert not list((prepared / split).glob(".*"))
     assert m["sources"][0]["files"] == 18
 
 
@@ -100,7 +111,7 @@ def test_large_vocab_uses_uint32(tmp_path) -> None:
     m = prepare([str(tmp_path / "c.txt")], tok, tmp_path / "d", seq_len=4, val_fraction=0,
                 progress=False)
     assert m["dtype"] == "uint32" and m["tokenizer"]["vocab_size"] == n + 2
-    got = np.fromfile(tmp_path / "d" / "train.bin", dtype=np.uint32)
+    got = np.fromfile(tmp_path / "d" / m["splits"]["train"]["shards"][0]["file"], dtype="<u4")
     np.testing.assert_array_equal(got, [t for d in docs for t in d + [n + 1]])
     assert m["splits"]["train"]["max_token_id"] == n + 1
     with pytest.raises(ValueError, match=r"70002 tokens but uint16 holds ids up to 65535.*--dtype uint32"):
@@ -109,83 +120,49 @@ def test_large_vocab_uses_uint32(tmp_path) -> None:
 
 
 def _run(corpus, tok, out, **kw):
-    return prepare([str(corpus)], tok, out, seq_len=64, val_fraction=0.1, chunk_chars=15_000,
-                   commit_every_s=0, progress=False, **kw)
+    kw = {"seq_len": 64, "val_fraction": 0.1, "chunk_chars": 15_000, "progress": False, **kw}
+    return prepare([str(corpus)], tok, out, **kw)
 
 
-def test_encoder_processes_give_identical_shards(tmp_path, small_corpus, tokenizer) -> None:
-    threads = _run(small_corpus, tokenizer, tmp_path / "threads")
-    procs = _run(small_corpus, tokenizer, tmp_path / "procs", workers=2)
+def test_shards_are_bounded_and_split_at_documents(tmp_path, small_corpus, tokenizer, split_docs) -> None:
+    one = _run(small_corpus, tokenizer, tmp_path / "one")
+    many = _run(small_corpus, tokenizer, tmp_path / "many", shard_tokens=3000)
+    assert len(many["splits"]["train"]["shards"]) > 10
     for split in ("train", "val"):
-        assert procs["splits"][split] == threads["splits"][split]  # sha256 included
+        for key in ("tokens", "documents", "max_token_id"):
+            assert many["splits"][split][key] == one["splits"][split][key]
+        longest = max(len(d) for d in split_docs(tmp_path / "many")[split])
+        assert all(s["tokens"] <= max(3000, longest) for s in many["splits"][split]["shards"])
+        a, b = split_docs(tmp_path / "one")[split], split_docs(tmp_path / "many")[split]
+        assert [d.tolist() for d in a] == [d.tolist() for d in b]  # same documents, same order
+    load_manifest(tmp_path / "many", verify_hash=True)
 
 
-def test_interrupt_and_resume_is_byte_identical(tmp_path, small_corpus, tokenizer, monkeypatch) -> None:
-    ref = _run(small_corpus, tokenizer, tmp_path / "ref")
+def test_interrupted_task_reruns_to_identical_shards(tmp_path, small_corpus, tokenizer, monkeypatch) -> None:
+    ref = _run(small_corpus, tokenizer, tmp_path / "ref", tasks=3)
     out = tmp_path / "out"
-    for crash_chunk in (3, 4):  # crash twice: the second time inside a resumed run
-        monkeypatch.setenv(CRASH_ENV, str(crash_chunk))
-        with pytest.raises(SimulatedCrash):
-            _run(small_corpus, tokenizer, out)
-        state = json.loads((out / STATE_NAME).read_text())
-        partial = out / "train.bin.partial"
-        # The crashed chunk's bytes were written but not committed: resume must drop them.
-        assert partial.stat().st_size > state["splits"]["train"]["bytes"]
-        assert not (out / "manifest.json").exists() and not (out / "train.bin").exists()
-        with pytest.raises(ManifestError, match="prepare_state.json.*re-run the same prepare command"):
-            load_manifest(out)
-    monkeypatch.delenv(CRASH_ENV)
-    m = _run(small_corpus, tokenizer, out)
-    assert m["stats"]["resumed_from_document"] > 0
-    for split in ("train", "val"):
-        assert (out / f"{split}.bin").read_bytes() == (tmp_path / "ref" / f"{split}.bin").read_bytes()
-        assert m["splits"][split] == ref["splits"][split]
-    assert m["stats"]["documents"] == ref["stats"]["documents"]
-
-
-def test_killed_process_resumes_byte_identical(tmp_path, small_corpus, tokenizer, tokenizer_dir) -> None:
-    cmd = [sys.executable, "-m", "data_prep.prepare", "--input", str(small_corpus),
-           "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out"), "--seq-len", "64",
-           "--val-fraction", "0.1", "--chunk-chars", "15000", "--commit-every", "0", "--no-progress"]
-    env = {**os.environ, CRASH_ENV: "5:kill", "HF_HUB_OFFLINE": "1"}
-    killed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert killed.returncode == -9, killed.stderr
-    assert (tmp_path / "out" / STATE_NAME).exists()
-    # Resume (in this process, to save a second interpreter start-up) with the same settings.
-    m = _run(small_corpus, tokenizer_dir, tmp_path / "out")
-    assert m["stats"]["resumed_from_document"] > 0
-    _run(small_corpus, tokenizer, tmp_path / "ref")  # uninterrupted reference
-    for split in ("train", "val"):
-        assert (tmp_path / "out" / f"{split}.bin").read_bytes() == (tmp_path / "ref" / f"{split}.bin").read_bytes()
-
-
-def test_crash_inside_finalize_resumes(tmp_path, small_corpus, tokenizer, monkeypatch) -> None:
-    import data_prep.prepare as prep
-
-    ref = _run(small_corpus, tokenizer, tmp_path / "ref")
-    real_save = prep.save_tokenizer
-
-    def broken_save(tok, out_dir):
-        raise SimulatedCrash("disk full while copying the tokenizer")
-
-    monkeypatch.setattr(prep, "save_tokenizer", broken_save)
+    monkeypatch.setenv(CRASH_ENV, "2")  # every task raises after its 2nd batch: task 0 dies
     with pytest.raises(SimulatedCrash):
-        _run(small_corpus, tokenizer, tmp_path / "out")
-    assert (tmp_path / "out" / "train.bin").exists()  # shards renamed, manifest not yet written
-    assert not (tmp_path / "out" / "manifest.json").exists()
-    monkeypatch.setattr(prep, "save_tokenizer", real_save)
-    m = _run(small_corpus, tokenizer, tmp_path / "out")
-    assert m["splits"] == ref["splits"]
+        _run(small_corpus, tokenizer, out, tasks=3)
+    assert not (out / "manifest.json").exists()
+    assert list((out / "train").glob(".*.tmp*"))  # the interrupted task's partial shard
+    with pytest.raises(ManifestError, match="unfinished run.*re-run the same prepare command"):
+        load_manifest(out)
+    monkeypatch.delenv(CRASH_ENV)
+    m = _run(small_corpus, tokenizer, out, tasks=3)
+    for split in ("train", "val"):
+        assert m["splits"][split] == ref["splits"][split]  # sha256 of every shard included
+    assert not list((out / "train").glob(".*"))
 
 
 def test_concurrent_prepare_is_refused(tmp_path, small_corpus, tokenizer) -> None:
     import fcntl
 
     out = tmp_path / "out"
-    out.mkdir()
-    with open(out / ".prepare.lock", "w") as held:
+    (out / ".prepare").mkdir(parents=True)
+    with open(out / ".prepare" / "lock-node0", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(CorpusError, match="another prepare process is writing to"):
+        with pytest.raises(CorpusError, match="another prepare process .* is writing to"):
             _run(small_corpus, tokenizer, out)
 
 
@@ -213,7 +190,7 @@ def test_existing_splits_are_kept(tmp_path, tokenizer) -> None:
     m = prepare([str(tmp_path / "dd")], tokenizer, tmp_path / "d", seq_len=8, val_fraction=0.5,
                 progress=False)
     assert (m["splits"]["train"]["documents"], m["splits"]["val"]["documents"]) == (50, 7)
-    got = np.fromfile(tmp_path / "d" / "val.bin", dtype=np.uint16)
+    got = np.fromfile(tmp_path / "d" / m["splits"]["val"]["shards"][0]["file"], dtype=np.uint16)
     ref = reference_ids(tokenizer, val)
     np.testing.assert_array_equal(got, [t for r in ref for t in r + [tokenizer.eos_token_id]])
 
@@ -222,7 +199,7 @@ def test_eos_override_and_bos(tmp_path, small_corpus, tokenizer) -> None:
     m = prepare([str(small_corpus)], tokenizer, tmp_path / "d", seq_len=8, val_fraction=0,
                 eos_token="<|pad|>", add_bos=True, progress=False)
     assert m["eos_id"] == 2 and m["bos_id"] == 1 and m["tokenizer"]["eos_token"] == "<|pad|>"
-    arr = np.fromfile(tmp_path / "d" / "train.bin", dtype=np.uint16)
+    arr = np.fromfile(tmp_path / "d" / m["splits"]["train"]["shards"][0]["file"], dtype=np.uint16)
     assert arr[0] == 1 and arr[-1] == 2
     assert (arr == 1).sum() == (arr == 2).sum() == m["splits"]["train"]["documents"]
     assert tokenizer.eos_token == "<|endoftext|>"  # the caller's tokenizer is left alone
@@ -240,7 +217,7 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path, tokenizer) -> None
                 progress=False)
     assert m["stats"]["decode_replacements"] == 3
     assert m["stats"]["decode_replacement_examples"]
-    arr = np.fromfile(tmp_path / "d" / "train.bin", dtype=np.uint16).tolist()
+    arr = np.fromfile(tmp_path / "d" / m["splits"]["train"]["shards"][0]["file"], dtype=np.uint16).tolist()
     assert tokenizer.decode(arr, skip_special_tokens=True) == "good textbad \ufffd\ufffd bytesmore \ufffd here"
 
 
@@ -248,7 +225,7 @@ def test_empty_corpus_and_missing_field(tmp_path, tokenizer) -> None:
     (tmp_path / "blank.txt").write_text("\n\n   \n")
     with pytest.raises(CorpusError, match=r"corpus is empty: no documents .*1 records, all blank"):
         prepare([str(tmp_path / "blank.txt")], tokenizer, tmp_path / "d", seq_len=4, progress=False)
-    assert not (tmp_path / "d" / STATE_NAME).exists()
+    assert not (tmp_path / "d" / "manifest.json").exists()
     (tmp_path / "x.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(CorpusError, match=r"no field 'text'; available fields: \['body'\]"):
         prepare([str(tmp_path / "x.jsonl")], tokenizer, tmp_path / "e", seq_len=4, progress=False)
@@ -265,3 +242,9 @@ def test_bad_arguments(tmp_path, small_corpus, tokenizer) -> None:
         prepare([str(small_corpus)], tokenizer, tmp_path, seq_len=8, val_fraction=1.0)
     with pytest.raises(ValueError, match="seq_len must be >= 1"):
         prepare([str(small_corpus)], tokenizer, tmp_path, seq_len=0)
+    with pytest.raises(ValueError, match=r"--node-rank must be in \[0, --num-nodes\)"):
+        prepare([str(small_corpus)], tokenizer, tmp_path, seq_len=8, tasks=4, node_rank=2, num_nodes=2)
+    with pytest.raises(ValueError, match="--num-nodes 3 > --tasks 2.*--tasks >= 3"):
+        prepare([str(small_corpus)], tokenizer, tmp_path, seq_len=8, tasks=2, num_nodes=3)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        prepare([str(small_corpus)], tokenizer, tmp_path, seq_len=8, workers=0)
