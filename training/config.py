@@ -30,9 +30,11 @@ class TrainConfig:
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     vocab_size: Optional[int] = None  # None: the data manifest's tokenizer length padded up to a multiple of 128
     # --- data --------------------------------------------------------------------------------------
-    data_dir: str = "data/demo"  # output of `python -m data_prep.prepare` (train.bin, val.bin, manifest.json)
+    data_dir: str = "data/demo"  # output of `python -m data_prep.prepare` (token shards + manifest.json)
     seq_len: int = 256  # tokens per training sequence
-    num_workers: int = 0  # DataLoader worker processes per rank
+    num_workers: Optional[int] = None  # DataLoader workers per rank; None: 2 on CUDA (shard reads overlap the step), 0 on CPU
+    pin_memory: Optional[bool] = None  # page-locked batches (async host-to-device copies); None: on CUDA only
+    verify_data: bool = False  # re-hash every data shard against the manifest's sha256 at start (reads all the data once)
     # --- batch -------------------------------------------------------------------------------------
     micro_batch_size: int = 8  # sequences per rank per forward/backward
     global_batch_size: Optional[int] = None  # sequences per optimizer step over all ranks

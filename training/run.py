@@ -68,8 +68,14 @@ def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.fl
     return model
 
 
-def build_data(cfg: TrainConfig, rank: int, world_size: int, pin_memory: bool):
+def build_data(cfg: TrainConfig, rank: int, world_size: int, cuda: bool):
+    """The train loader (shuffled, endless, resumable) and the val loader (a finite pass from its first
+    batch at every evaluation; None without a val split or evals). `cuda`: the device is a GPU, which
+    decides the num_workers / pin_memory defaults when the recipe leaves them None."""
+    import time
+
     from data_prep import PackedTokenDataset, build_dataloader, load_manifest
+    from data_prep.dataset import verify_shards
 
     if not (Path(cfg.data_dir) / "manifest.json").is_file():
         raise FileNotFoundError(
@@ -77,12 +83,24 @@ def build_data(cfg: TrainConfig, rank: int, world_size: int, pin_memory: bool):
             f"--input CORPUS --tokenizer TOKENIZER --out {cfg.data_dir} --seq-len {cfg.seq_len} --val-fraction 0.01"
         )
     manifest = load_manifest(cfg.data_dir)
+    if cfg.verify_data:  # each rank hashes every world_size-th shard: the data is read once, not once per rank
+        start = time.perf_counter()
+        read = verify_shards(cfg.data_dir, rank=rank, world_size=world_size)
+        logger.info("verify_data: rank %d re-hashed %.2f GB of shards in %.1f s: all match the manifest",
+                    rank, read / 1e9, time.perf_counter() - start)
+    # On a GPU, 2 workers per rank read shards (page faults on a cold cache cost milliseconds) while
+    # the step runs; on CPU the step is the bottleneck and worker start-up would only slow tests.
+    num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
+    pin_memory = cfg.pin_memory if cfg.pin_memory is not None else cuda
     train = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "train", shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
-    train_loader = build_dataloader(train, cfg.micro_batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory)
+    train_loader = build_dataloader(train, cfg.micro_batch_size, num_workers=num_workers, pin_memory=pin_memory)
     val_loader = None
     if "val" in manifest["splits"] and cfg.eval_interval > 0:
-        val = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "val", shuffle=False, rank=rank, world_size=world_size, infinite=True)
-        val_loader = build_dataloader(val, cfg.micro_batch_size)
+        # Finite (one pass, in order): every evaluation restarts at the first batch, and a resume
+        # (which restores only the train loader) changes nothing. No workers: they would be started
+        # afresh at every evaluation to read a few batches.
+        val = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "val", shuffle=False, rank=rank, world_size=world_size)
+        val_loader = build_dataloader(val, cfg.micro_batch_size, pin_memory=pin_memory)
     return manifest, train_loader, val_loader
 
 
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     resume_from = agree_on_resume(accelerator, resume_from)
 
     manifest, train_loader, val_loader = build_data(cfg, accelerator.process_index, accelerator.num_processes,
-                                                    pin_memory=accelerator.device.type == "cuda")
+                                                    cuda=accelerator.device.type == "cuda")
     from data_prep import check_vocab_compat
 
     vocab = cfg.vocab_size or padded_vocab(int(manifest["tokenizer"]["vocab_size"]))
