@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,24 +69,6 @@ from .manifest import DTYPES, MANIFEST_NAME, ManifestError, file_sha256, load_ma
 _STATE_VERSION = 2
 _FIX = "re-run `python -m data_prep.prepare` for this directory (with --overwrite)"
 _INDEX_DTYPE = np.dtype("<u8")  # .ds.index: cumulative document ends, uint64 little-endian
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """`load_manifest` (existence, sizes), or the raw JSON of a v2 directory it does not read yet.
-
-    data_prep.manifest is being moved to manifest v2 in parallel with this loader; until it reads
-    v2, the shard checks below (`split_shards`) are the ones that run. Delete the fallback then.
-    """
-    try:
-        return load_manifest(path)
-    except ManifestError as err:
-        try:
-            raw = json.loads((path / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
-            raise err from None
-        if str(raw.get("version", "")).split(".")[0] != "2":
-            raise
-        return raw
 
 
 def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -109,7 +90,7 @@ def verify_shards(path: str | Path, splits: list[str] | None = None, rank: int =
     mismatch raises on the rank that found it (the launcher then stops the others).
     """
     root = Path(path)
-    manifest = _read_manifest(root)
+    manifest = load_manifest(root)
     shards = [s for split in (splits or sorted(manifest["splits"])) for s in split_shards(manifest, split)]
     read = 0
     for shard in shards[rank::world_size]:
@@ -155,7 +136,7 @@ class PackedTokenDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        self.manifest = _read_manifest(self.path)
+        self.manifest = load_manifest(self.path)  # checks every shard's size and index length
         if split not in self.manifest["splits"]:
             raise ValueError(
                 f"{self.path} has no split {split!r}; available: {sorted(self.manifest['splits'])}. "
@@ -169,7 +150,7 @@ class PackedTokenDataset(IterableDataset):
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.eos_id = self.manifest.get("eos_id")
         self.shards = split_shards(self.manifest, split)
-        self._check_shards(split, document_positions)
+        self._check_shards(document_positions)
         self.num_tokens: int = sum(int(s["tokens"]) for s in self.shards)
         # Samples per shard, and the first global sample of each shard (for bisect lookups).
         per_shard = [(int(s["tokens"]) - 1) // seq_len if int(s["tokens"]) > 0 else 0 for s in self.shards]
@@ -193,30 +174,17 @@ class PackedTokenDataset(IterableDataset):
         self._perm: Permutation | None = None  # the current epoch's (cached: one epoch is long)
         self._perm_epoch = -1
 
-    def _check_shards(self, split: str, document_positions: bool) -> None:
-        """Cheap checks at start-up (one stat per file): sizes and declared ids match the manifest."""
-        itemsize = self.dtype.itemsize
+    def _check_shards(self, document_positions: bool) -> None:
+        """What `load_manifest` leaves to the reader: ids the tokenizer knows, a way to find documents."""
         for shard in self.shards:
             file = self.path / shard["file"]
-            if not file.is_file():
-                raise ManifestError(f"{file} (split {split!r}) is missing; {_FIX}.")
-            expected, actual = int(shard["tokens"]) * itemsize, file.stat().st_size
-            if actual != expected:
-                raise ManifestError(
-                    f"{file} is truncated or corrupt: manifest says {shard['tokens']} tokens x {itemsize} "
-                    f"bytes = {expected} bytes, the file has {actual} bytes; {_FIX}."
-                )
             max_id = shard.get("max_token_id")
             if max_id is not None and int(max_id) >= self.vocab_size:
                 raise ManifestError(
                     f"{file}: the manifest records token id {max_id} but the tokenizer has {self.vocab_size} "
                     f"tokens (ids 0..{self.vocab_size - 1}): the data was prepared with another tokenizer; {_FIX}."
                 )
-            if document_positions and shard.get("index"):
-                index = self.path / shard["index"]
-                if not index.is_file() or index.stat().st_size % _INDEX_DTYPE.itemsize:
-                    raise ManifestError(f"{index} (document index of {file}) is missing or not uint64; {_FIX}.")
-            if document_positions and not shard.get("index") and self.manifest.get("eos_id") is None:
+            if document_positions and not shard.get("index") and self.eos_id is None:
                 raise ManifestError(f"{file} has no document index and the manifest no eos_id, so document "
                                     f"positions are unknown; {_FIX}.")
 

@@ -9,7 +9,6 @@ they do not depend on `prepare`'s output format; the `prepared` tests go through
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import json
 import shutil
@@ -23,7 +22,7 @@ from data_prep import PackedTokenDataset, build_dataloader, check_vocab_compat, 
 from data_prep.dataset import verify_shards
 from data_prep.determinism import Permutation, _splitmix64
 from data_prep.manifest import ManifestError
-from data_helpers import BOS, EOS, VOCAB, random_documents, write_data_dir
+from data_helpers import VOCAB, random_documents, write_data_dir
 
 T = 32
 
