@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training import checkpoint_layout as layout  # standard library only: no torch/accelerate import
+
 from .errors import EvalError
 
 log = logging.getLogger(__name__)
 
-_ITER_DIR = re.compile(r"^iter_(\d+)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -62,18 +63,31 @@ class ResolvedCheckpoint:
 
 
 def _is_training_checkpoint(path: Path) -> bool:
-    return (path / "model" / "config.json").is_file()
+    """Training's own rule (training/checkpoint_layout.py: iter_N with its manifest), holding a model."""
+    return layout.is_complete(path) and (path / "model" / "config.json").is_file()
+
+
+def _model_problems(ckpt: Path) -> list[str]:
+    """The files evaluation reads (model/, trainer_state.json) checked against the manifest: one more
+    read of the weights (~1 s per GiB), so a corrupted file is named instead of evaluated."""
+    try:
+        manifest = layout.read_manifest(ckpt)
+    except layout.CheckpointIntegrityError as e:
+        return [str(e)]
+    return layout.verify(ckpt, [n for n in manifest if n.startswith("model/") or n == "trainer_state.json"])
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
-    """The highest iter_XXXXXX under run_dir/checkpoints that holds a complete model/ (skips
-    temporaries and checkpoints still being written)."""
-    found = []
-    for child in (run_dir / "checkpoints").iterdir():
-        m = _ITER_DIR.match(child.name)
-        if m and _is_training_checkpoint(child):
-            found.append((int(m.group(1)), child))
-    return max(found)[1] if found else None
+    """The highest complete iter_XXXXXX under run_dir/checkpoints whose model files are intact (skips
+    temporaries, checkpoints still being written and corrupted ones, saying why)."""
+    for ckpt in reversed(layout.list_complete(run_dir)):
+        if not (ckpt / "model" / "config.json").is_file():
+            continue
+        problems = _model_problems(ckpt)
+        if not problems:
+            return ckpt
+        log.warning("run dir %s: skipping %s: %s", run_dir, ckpt.name, "; ".join(problems[:3]))
+    return None
 
 
 def _find_run_dir(start: Path, max_up: int = 3) -> Path | None:
@@ -109,17 +123,20 @@ def resolve_checkpoint(spec: str | Path) -> ResolvedCheckpoint:
             latest = _latest_checkpoint(path)
             if latest is None:
                 raise EvalError(
-                    f"{path}/checkpoints has no complete checkpoint (iter_XXXXXX/model/config.json). "
-                    "Wait for the first checkpoint of the run, or pass a checkpoint directory."
+                    f"{path}/checkpoints has no complete, intact checkpoint (iter_XXXXXX/ with manifest.json and "
+                    "model/). Wait for the first checkpoint of the run, or pass a checkpoint directory."
                 )
             log.info("run dir %s: using its latest checkpoint %s", path, latest.name)
-            resolved = _from_training_checkpoint(spec, latest)
+            resolved = _from_training_checkpoint(spec, latest, verified=True)
             resolved.kind = "run"
             return resolved
         if _is_training_checkpoint(path):
             return _from_training_checkpoint(spec, path)
         if path.name == "model" and _is_training_checkpoint(path.parent):  # iter_XXXXXX/model itself
             return _from_training_checkpoint(spec, path.parent)
+        if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+            raise EvalError(f"{path} is not a complete training checkpoint (no {layout.MANIFEST}: its save did not "
+                            "finish). Pass an earlier checkpoint, or its model/ directory to evaluate the weights as they are.")
         if (path / "config.json").is_file():
             return ResolvedCheckpoint(spec=spec, kind="model-dir", model=str(path), run_dir=_find_run_dir(path))
         contents = sorted(p.name for p in path.iterdir())[:10]
@@ -134,7 +151,11 @@ def resolve_checkpoint(spec: str | Path) -> ResolvedCheckpoint:
     raise EvalError(f"{spec}: no such directory (and not a Hugging Face Hub model id of the form ORG/NAME).")
 
 
-def _from_training_checkpoint(spec: str, ckpt: Path) -> ResolvedCheckpoint:
+def _from_training_checkpoint(spec: str, ckpt: Path, verified: bool = False) -> ResolvedCheckpoint:
+    problems = [] if verified else _model_problems(ckpt)
+    if problems:
+        raise EvalError(f"{ckpt} failed verification: {'; '.join(problems[:3])}. Pass an earlier checkpoint "
+                        "(or the run dir: it skips corrupted checkpoints).")
     state_file = ckpt / "trainer_state.json"
     state = _read_json(state_file) if state_file.is_file() else {}
     return ResolvedCheckpoint(

@@ -1,31 +1,48 @@
-"""Checkpoints: save (atomic), find, resume, prune; the HF-format model beside the training state.
+"""Checkpoints: save (atomic, with an integrity manifest), find, verify, resume, prune; the HF-format
+model beside the training state.
 
 Layout of OUT/checkpoints/iter_000123/ (written to iter_000123.tmp/, renamed when complete):
-    accelerate/              accelerator.save_state: model, optimizer (ZeRO shards), LR schedule, RNG
+    accelerate/              accelerator.save_state: model, optimizer (ZeRO shards), RNG
     data_state_rank{r}.json  the loader position of rank r (the next sample of the global stream)
+    scheduler_state.json     the LR schedule's position (JSON: nothing of ours is pickled)
     model/                   DecoderForCausalLM.save_pretrained (safetensors) + the tokenizer
     hf/                      (optional) native transformers export: GPT2/Llama/Qwen3ForCausalLM
-    trainer_state.json       iteration, tokens trained, world size; written last
-A directory without trainer_state.json, or with the .tmp suffix, is incomplete and never resumed.
+    trainer_state.json       iteration, tokens trained, world size, the LR schedule's settings
+    manifest.json            size + sha256 of every file above; written last (checkpoint_layout.py)
+A directory without manifest.json, or with the .tmp suffix, is incomplete and never resumed; a
+complete one is verified against its manifest on every resume, before anything is unpickled.
 Multi-node runs need a filesystem shared by all nodes under out_dir (as torchtitan and the HF Trainer).
+
+Trust: model weights are safetensors, our own state is JSON, and accelerate's RNG state and
+DeepSpeed's shards are read with torch.load(weights_only=True) plus an allowlist of DeepSpeed's
+plain-data classes (DeepSpeed itself loads with weights_only=False). What remains is torch's
+restricted unpickler and the manifest: a checkpoint's training state must still come from a trusted
+source (see README, "Resume").
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import re
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
 from data_prep.atomic import atomic_write_json
-from training.distributed import params_are_sharded
+from training import checkpoint_layout as layout
+from training.distributed import is_deepspeed, params_are_sharded
 
 logger = logging.getLogger(__name__)
 
-_ITER_DIR = re.compile(r"^iter_(\d+)$")
+SCHEDULE_KEYS = ("lr", "min_lr", "warmup_iters", "decay_iters")  # what lr_at(step) depends on (optim.py)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or resumed. A ValueError so that run.py prints it as one
+    `error:` line (exit 2) instead of a traceback."""
 
 
 def checkpoint_dir(out_dir: str | Path, iteration: int) -> Path:
@@ -33,16 +50,8 @@ def checkpoint_dir(out_dir: str | Path, iteration: int) -> Path:
 
 
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        m = _ITER_DIR.match(path.name)
-        if m and (path / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
+    """Complete checkpoints (manifest written), oldest first; not verified."""
+    return layout.list_complete(out_dir)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
@@ -50,38 +59,176 @@ def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+def schedule_of(cfg) -> dict:
+    """The settings the LR at every step depends on (decay_iters is max_iters when lr_decay_iters is unset)."""
+    return {"lr": cfg.lr, "min_lr": cfg.min_lr, "warmup_iters": cfg.warmup_iters, "decay_iters": cfg.decay_iters,
+            "max_iters": cfg.max_iters}
+
+
+# ------------------------------------------------------------------------------------------------ save
+def _agree(acc, value) -> list:
+    """Every rank's `value`, on every rank (a collective; also the barrier between the save's phases)."""
+    if acc.num_processes == 1:
+        return [value]
+    import torch.distributed as dist
+
+    seen = [None] * acc.num_processes
+    dist.all_gather_object(seen, value)
+    return seen
+
+
+def _hash(root: Path, names: list[str]) -> dict[str, dict]:
+    return {rel: layout.hash_file(root / rel) for rel in names}
+
+
 def save_checkpoint(trainer, export_hf: bool = False) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
+    """Collective: every rank calls it. Returns the final directory; raises CheckpointError on every
+    rank when any rank failed (disk full named as such), leaving the earlier checkpoints untouched.
+
+    Hashing cost (the manifest): sha256 reads each file once more, right after it was written, by the
+    rank that wrote it (so from its page cache) and in parallel across ranks: about 1.2 s per GiB per
+    rank on this project's 2-core CI machine (`python -m training.checkpoint_layout --bench`), ~0.5 s
+    per GiB on a server core with SHA extensions. For a 1.8B-parameter ZeRO-1 run on 8 GPUs: each
+    rank hashes its ~2.7 GB optimizer shard while rank 0 writes model/ (7.2 GB fp32), then rank 0
+    hashes model/ and DeepSpeed's 7.2 GB module file: ~15 s on top of a save that writes ~36 GB."""
     acc = trainer.accelerator
-    final = checkpoint_dir(trainer.cfg.out_dir, trainer.state.iter)
+    out_dir = trainer.cfg.out_dir
+    final = checkpoint_dir(out_dir, trainer.state.iter)
     tmp = final.with_name(final.name + ".tmp")
-    if acc.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)  # a leftover of an interrupted save
+    previous = latest_checkpoint(out_dir)
+    needed = layout.directory_bytes(previous) if previous is not None and previous != final else None
+    if acc.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a leftover of an interrupted save
+        _warn_if_short_of_space(final, needed, previous)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp / "accelerate"))
-    atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
+    hash_start = None
+
+    # Phase 1, every rank: accelerate/DeepSpeed state and this rank's data position.
+    error = None
+    try:
+        acc.save_state(str(tmp / "accelerate"))
+        atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
+        if acc.is_main_process:
+            atomic_write_json(tmp / "scheduler_state.json", _scheduler_state(trainer.scheduler))
+    except Exception as exc:  # every rank must hear of it, or the others wait in the next collective
+        error = _describe(exc, acc.process_index)
+    _raise_if_any(acc, _agree(acc, error), final, tmp, needed, previous)
+
     # The full model state is a collective gather under ZeRO-3/FSDP; otherwise every rank already holds
     # it and only rank 0 (which writes model/ and hf/) needs a CPU copy.
     full_state = acc.get_state_dict(trainer.model) if (params_are_sharded(acc) or acc.is_main_process) else None
-    acc.wait_for_everyone()  # every rank's files are on disk before rank 0 commits the directory
+    # Phase 1's files, listed once by rank 0 (the same view for every rank), hashed by their writers;
+    # rank 0 is spared the files no rank name claims, as it has model/ and hf/ still to write.
+    written = {rel: (tmp / rel).stat().st_size for rel in layout.files_under(tmp)} if acc.is_main_process else None
+    written = _agree(acc, written)[0]
+    entries, error = {}, None
+    try:
+        hash_start = time.perf_counter()
+        entries = _hash(tmp, layout.share_of(written, acc.process_index, acc.num_processes, spare_rank0=True))
+        if acc.is_main_process:  # Phase 2, rank 0: the HF-format model and the trainer state, then their hashes
+            model = acc.unwrap_model(trainer.model)
+            # save_pretrained pops the tensors out of the dict it is given: hand it a shallow copy
+            model.save_pretrained(tmp / "model", state_dict=dict(full_state))
+            if trainer.tokenizer is not None:
+                trainer.tokenizer.save_pretrained(tmp / "model")
+            if export_hf:
+                _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf")
+            atomic_write_json(tmp / "trainer_state.json", trainer.state.to_dict() | {
+                "world_size": acc.num_processes, "schedule": schedule_of(trainer.cfg)})
+            entries |= _hash(tmp, [rel for rel in layout.files_under(tmp) if rel not in written])
+    except Exception as exc:
+        error = _describe(exc, acc.process_index)
+    del full_state
+    gathered = _agree(acc, (entries, error))
+    _raise_if_any(acc, [e for _, e in gathered], final, tmp, needed, previous)
+
+    # Commit, rank 0: the manifest last, then the rename; every rank hears how it went.
+    error = None
     if acc.is_main_process:
-        model = acc.unwrap_model(trainer.model)
-        # save_pretrained pops the tensors out of the dict it is given: hand it a shallow copy
-        model.save_pretrained(tmp / "model", state_dict=dict(full_state))
-        if trainer.tokenizer is not None:
-            trainer.tokenizer.save_pretrained(tmp / "model")
-        if export_hf:
-            _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf")
-        atomic_write_json(tmp / "trainer_state.json", trainer.state.to_dict() | {"world_size": acc.num_processes})
-        missing = [r for r in range(acc.num_processes) if not (tmp / f"data_state_rank{r}.json").exists()]
-        if missing:
-            raise RuntimeError(f"checkpoint {tmp} lacks the data state of ranks {missing}; not committing it")
-        if final.exists():  # the same iteration saved again (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _prune(trainer.cfg.out_dir, trainer.cfg.keep_checkpoints)
-    acc.wait_for_everyone()
+        try:
+            manifest = {rel: entry for part, _ in gathered for rel, entry in part.items()}
+            unhashed = sorted(set(layout.files_under(tmp)) - set(manifest))
+            if unhashed:  # a file no rank hashed would fail verification on resume: refuse it now
+                raise RuntimeError(f"{tmp} holds files no rank hashed: {unhashed[:5]}")
+            layout.write_manifest(tmp, manifest)
+            hash_s = time.perf_counter() - hash_start
+            logger.info("checkpoint %s: %.2f GB, hashed in %.1f s (rank 0's share)", final.name,
+                        sum(e["size"] for e in manifest.values()) / 1e9, hash_s)
+            if final.exists():  # the same iteration saved again (e.g. SIGTERM right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _prune(out_dir, trainer.cfg.keep_checkpoints)
+        except Exception as exc:
+            error = _describe(exc, 0)
+    _raise_if_any(acc, _agree(acc, error), final, tmp, needed, previous)
     return final
+
+
+def _scheduler_state(scheduler) -> dict:
+    state = scheduler.state_dict()
+    state.pop("lr_lambdas", None)  # closures over the config: rebuilt from it, never stored
+    return state
+
+
+def _describe(exc: BaseException, rank: int) -> dict:
+    return {"rank": rank, "type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "",
+            "disk_full": _is_disk_full(exc)}
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC reaches us as OSError (Python writes), RuntimeError (torch.save: "file write failed") or
+    SafetensorError ("No space left on device (os error 28)"): look at the chain and the text."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _raise_if_any(acc, errors: list, final: Path, tmp: Path, needed: Optional[int], previous: Optional[Path]) -> None:
+    errors = [e for e in errors if e is not None]
+    if not errors:
+        return
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # every rank has stopped writing (we are past a collective)
+    free = _free_bytes(final.parent)
+    # torch.save's C++ writer reports ENOSPC only as "file write failed": a full disk is also what
+    # explains a failed write when less is free than the previous checkpoint took.
+    disk_full = any(e["disk_full"] for e in errors) or (needed is not None and free is not None and free < needed)
+    first = errors[0]
+    what = f"rank {first['rank']}: {first['type']}: {first['message']}"
+    if disk_full:
+        size = (f"it needs about {_gb(needed)} (the size of {previous.name})" if needed is not None
+                else "the size of one checkpoint is not known yet (this was the first)")
+        raise CheckpointError(
+            f"disk full while writing checkpoint {final.name} to {final.parent}: {size}, {_gb(free)} free "
+            f"({what}). Free space or lower --keep_checkpoints: keeping K checkpoints needs room for K+1, since "
+            "the new one is complete before the oldest is pruned. Earlier checkpoints are intact; the partial "
+            f"{tmp.name} was removed")
+    raise CheckpointError(f"saving checkpoint {final.name} failed ({what}); earlier checkpoints are intact")
+
+
+def _free_bytes(path: Path) -> Optional[int]:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _gb(n: Optional[int]) -> str:
+    return "unknown" if n is None else f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _warn_if_short_of_space(final: Path, needed: Optional[int], previous: Optional[Path]) -> None:
+    free = _free_bytes(final.parent)
+    if needed is not None and free is not None and free < needed:
+        logger.warning("checkpoint %s may not fit: %s free, %s took %s", final.name, _gb(free), previous.name, _gb(needed))
 
 
 def model_from_full_state(config, state_dict):
@@ -112,28 +259,168 @@ def _prune(out_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------------ resume
 def resolve_resume(resume: Optional[str], out_dir: str | Path) -> Optional[Path]:
-    """None/'' -> fresh start; 'auto' -> the newest complete checkpoint (or fresh); else that directory."""
+    """None/'' -> fresh start; 'auto' -> the newest complete checkpoint (or fresh); else that directory,
+    which must be complete. Cheap (a listing): select_resume verifies before anything loads."""
     if not resume:
         return None
     if resume == "auto":
         return latest_checkpoint(out_dir)
     path = Path(resume)
-    if not (path / "trainer_state.json").is_file() or not (path / "accelerate").is_dir():
-        raise ValueError(f"resume={resume!r} is not a complete checkpoint (needs trainer_state.json and accelerate/)")
+    if not layout.is_complete(path):
+        why = (f"its name is not iter_N" if layout.checkpoint_iteration(path) is None
+               else f"it has no {layout.MANIFEST} (the save did not finish, or it predates integrity manifests)")
+        raise CheckpointError(f"resume={resume!r} is not a complete checkpoint: {why}; pass an "
+                              "out_dir/checkpoints/iter_XXXXXX directory or --resume=auto")
     return path
 
 
+def verify_checkpoint(acc, path: Path) -> list[str]:
+    """Collective: the files of `path` checked against its manifest, split by size across the ranks
+    (each hashes ~1/world of the bytes); every rank returns the same list of problems ([] = intact)."""
+    try:
+        manifest = layout.read_manifest(path)
+        share = layout.share_of({rel: e["size"] for rel, e in manifest.items()}, acc.process_index,
+                                acc.num_processes, owned=False)
+        problems = layout.check_files(path, manifest, share)
+        if acc.is_main_process:
+            problems += layout.unlisted(path, manifest)
+    except layout.CheckpointIntegrityError as exc:
+        problems = [str(exc)]
+    merged: list[str] = []
+    for part in _agree(acc, problems):
+        merged += [p for p in part if p not in merged]
+    return merged
+
+
+def select_resume(acc, cfg, resume_from: Optional[Path]) -> Optional[Path]:
+    """Collective, after the ranks agreed on resume_from and before anything loads: the checkpoint to
+    resume, verified. --resume=auto falls back to the newest intact checkpoint, naming what it skipped
+    and why; an explicit path that fails verification is refused. Then the LR schedule is checked."""
+    if resume_from is None:
+        return None
+    explicit = cfg.resume != "auto"
+    if explicit:
+        candidates = [resume_from]
+    else:  # rank 0's list for every rank: the same order of verdicts everywhere
+        newest = layout.checkpoint_iteration(resume_from)
+        candidates = _agree(acc, [p for p in reversed(list_checkpoints(cfg.out_dir))
+                                  if layout.checkpoint_iteration(p) <= newest])[0]
+    skipped = []
+    for path in candidates:
+        start = time.perf_counter()
+        problems = verify_checkpoint(acc, path)
+        if not problems:
+            logger.info("checkpoint %s verified against its manifest in %.1f s", path.name, time.perf_counter() - start)
+            break
+        if explicit:
+            raise CheckpointError(f"resume={str(path)!r} failed verification: {'; '.join(problems[:3])}. "
+                                  "Resume another checkpoint (--resume=auto picks the newest intact one)")
+        logger.warning("--resume=auto: skipping %s: %s", path.name, "; ".join(problems[:3]))
+        skipped.append(f"{path.name} ({problems[0]})")
+    else:
+        raise CheckpointError(f"--resume=auto: no intact checkpoint in {cfg.out_dir}: {'; '.join(skipped)}. "
+                              "Restore one from a copy, or start a fresh run in another out_dir")
+    if skipped:
+        logger.warning("--resume=auto: resuming %s instead of the newer %s", path.name, ", ".join(skipped))
+    _check_schedule(cfg, path)
+    return path
+
+
+def _check_schedule(cfg, path: Path) -> None:
+    """Refuse (unless allow_schedule_change) a resume whose LR schedule differs from the one the
+    checkpoint was trained on: the cosine would silently change shape mid-run."""
+    saved = json.loads((path / "trainer_state.json").read_text()).get("schedule")
+    if saved is None:
+        raise CheckpointError(f"{path / 'trainer_state.json'} records no LR schedule; resume a checkpoint saved "
+                              "by this version, or start a fresh run")
+    now = schedule_of(cfg)
+    changed = {k: (saved.get(k), now[k]) for k in SCHEDULE_KEYS if saved.get(k) != now[k]}
+    if saved.get("max_iters") != now["max_iters"] and not changed:
+        logger.info("max_iters %s -> %s: the LR schedule is unchanged (lr_decay_iters=%s)",
+                    saved.get("max_iters"), now["max_iters"], cfg.lr_decay_iters)
+    if not changed:
+        return
+    diff = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    if "decay_iters" in changed and cfg.lr_decay_iters is None:
+        diff += " (lr_decay_iters is unset, so it follows max_iters)"
+    if not cfg.allow_schedule_change:
+        keep = (f"; to train longer on the old curve set --lr_decay_iters={saved['decay_iters']}"
+                if "decay_iters" in changed and len(changed) == 1 else "")
+        raise CheckpointError(
+            f"resuming {path.name} with a different LR schedule: {diff}. Pass --allow_schedule_change=true to "
+            f"continue on the new schedule from iteration {layout.checkpoint_iteration(path)}, or resume with "
+            f"the old values{keep}")
+    logger.warning("LR schedule changed on resume (allow_schedule_change): %s; the new schedule applies from "
+                   "iteration %d", diff, layout.checkpoint_iteration(path))
+
+
 def load_checkpoint(trainer, path: Path) -> None:
-    """Collective: restore model, optimizer, LR schedule, RNG (accelerate), then iteration and data position."""
+    """Collective: restore model, optimizer, RNG (accelerate), LR schedule, iteration and data position.
+    Call select_resume first: it verifies the files this reads."""
     acc = trainer.accelerator
     state = json.loads((path / "trainer_state.json").read_text())
     if state.get("world_size") != acc.num_processes:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was saved with world_size={state.get('world_size')} but this run has {acc.num_processes}; "
             "optimizer shards (ZeRO) and data positions are per rank: resume with the same number of processes"
         )
+    if is_deepspeed(acc):
+        _load_deepspeed_weights_only(trainer.model)
     acc.load_state(str(path / "accelerate"))
+    _load_scheduler(trainer, json.loads((path / "scheduler_state.json").read_text()), state.get("schedule", {}))
     trainer.state.load_dict(state)
     data_state = json.loads((path / f"data_state_rank{acc.process_index}.json").read_text())
     trainer.train_loader.load_state_dict(data_state)
+
+
+def _load_scheduler(trainer, saved: dict, saved_schedule: dict) -> None:
+    sched = trainer.scheduler
+    sched.load_state_dict(saved | {"lr_lambdas": [None] * len(sched.lr_lambdas)})
+    if saved_schedule and any(saved_schedule.get(k) != v for k, v in schedule_of(trainer.cfg).items() if k in SCHEDULE_KEYS):
+        # allow_schedule_change: the new peak and shape from this step on (the optimizer's restored lr is the old one's)
+        sched.base_lrs = [trainer.cfg.lr] * len(sched.base_lrs)
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(sched.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = lrs
+
+
+# DeepSpeed's own loader is torch.load(weights_only=False): any pickle in a shard runs. Its shards need
+# only tensors, containers and these plain-data classes (ZeRO-1/2/3 and bf16/fp16 optimizer states).
+_DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+)
+
+
+def _load_deepspeed_weights_only(engine) -> None:
+    """Swap the engine's TorchCheckpointEngine for one that loads with weights_only=True (other engines,
+    e.g. the decoupled/Nebula ones, are left as configured)."""
+    import importlib
+    import pickle
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    current = getattr(engine, "checkpoint_engine", None)
+    if type(current) is not TorchCheckpointEngine:
+        return
+    allowed = [getattr(importlib.import_module(m), n) for m, n in _DEEPSPEED_SAFE_GLOBALS]
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            try:
+                with torch.serialization.safe_globals(allowed):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise CheckpointError(
+                    f"{path}: refused by the weights_only loader ({str(exc).splitlines()[0][:300]}). If it names a "
+                    "DeepSpeed plain-data class, add it to _DEEPSPEED_SAFE_GLOBALS in training/checkpoint.py") from exc
+
+    safe = WeightsOnlyCheckpointEngine.__new__(WeightsOnlyCheckpointEngine)
+    safe.__dict__.update(current.__dict__)  # same configuration, no second initialisation (it logs)
+    engine.checkpoint_engine = safe

@@ -71,6 +71,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
     export_hf: bool = True  # also write a native transformers export with the final checkpoint
     resume: Optional[str] = None  # None | "auto" (newest checkpoint in out_dir, if any) | a checkpoint dir
+    allow_schedule_change: bool = False  # resume even if lr/min_lr/warmup_iters/decay_iters (max_iters) changed: the new schedule applies from there
     seed: int = 1337  # model init and data order
     dist_timeout_minutes: int = 30  # collective timeout: must outlast rank-0-only work (harness evals, exports)
     trackers: list = field(default_factory=list)  # accelerate trackers: tensorboard, wandb

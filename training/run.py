@@ -24,7 +24,7 @@ import torch
 from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token,
                       resolve_attn_implementation)
 from training import callbacks as cb
-from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume
+from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, select_resume
 from training.config import TrainConfig, load_config, parse_overrides
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
                                   optimizer_offloaded, precision_name, strategy_description)
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.num_processes != world_size:
         raise RuntimeError(f"WORLD_SIZE={world_size} but accelerate sees {accelerator.num_processes} processes")
     configure_deepspeed(accelerator, cfg, accum)
-    resume_from = agree_on_resume(accelerator, resume_from)
+    # verified against its manifest on every rank (auto falls back to the newest intact one) before anything loads
+    resume_from = select_resume(accelerator, cfg, agree_on_resume(accelerator, resume_from))
 
     manifest, train_loader, val_loader = build_data(cfg, accelerator.process_index, accelerator.num_processes,
                                                     cuda=accelerator.device.type == "cuda")
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     optimizer_name = type(optimizer).__name__  # before prepare() wraps it
     scheduler = build_scheduler(optimizer, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # not prepared: it must step once per optimizer step
+    # Not prepared (it must step once per optimizer step) nor registered for checkpointing (accelerate would
+    # pickle it and load it with weights_only=False): checkpoint.py saves its state as JSON.
 
     config = accelerator.unwrap_model(model).config
     tokens_per_iter = cfg.global_batch_sequences(accelerator.num_processes) * cfg.seq_len

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from training import checkpoint_layout as layout
+
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "tests" / "assets"
 EVAL_DATA = ASSETS / "eval"
@@ -54,6 +56,8 @@ def _save_checkpoint(run_dir: Path, iteration: int, model, tokenizer) -> Path:
     model.save_pretrained(ckpt / "model")
     tokenizer.save_pretrained(ckpt / "model")
     (ckpt / "trainer_state.json").write_text(json.dumps({"iter": iteration, "tokens": iteration * TOKENS_PER_ITER}))
+    # sealed as training seals a checkpoint (training/checkpoint_layout.py): the manifest, written last
+    layout.write_manifest(ckpt, {rel: layout.hash_file(ckpt / rel) for rel in layout.files_under(ckpt)})
     return ckpt
 
 
