@@ -53,7 +53,10 @@ yourself (`pin_memory=True` + `.to(device, non_blocking=True)`).
 from __future__ import annotations
 
 import bisect
+import collections
+import functools
 import itertools
+import resource
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -69,6 +72,12 @@ from .manifest import DTYPES, MANIFEST_NAME, ManifestError, file_sha256, load_ma
 _STATE_VERSION = 2
 _FIX = "re-run `python -m data_prep.prepare` for this directory (with --overwrite)"
 _INDEX_DTYPE = np.dtype("<u8")  # .ds.index: cumulative document ends, uint64 little-endian
+
+
+@functools.cache
+def _max_open_maps() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, (soft if soft != resource.RLIM_INFINITY else 1 << 16) // 4)
 
 
 def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -169,8 +178,7 @@ class PackedTokenDataset(IterableDataset):
         self.document_positions = document_positions
         self._next_sample = 0  # global index of the next sample (the resume position g)
         self._resume_pending = False
-        self._mms: list[np.memmap | None] = [None] * len(self.shards)
-        self._index_mms: list[np.memmap | None] = [None] * len(self.shards)
+        self._open: collections.OrderedDict[str, np.memmap] = collections.OrderedDict()  # see _memmap
         self._perm: Permutation | None = None  # the current epoch's (cached: one epoch is long)
         self._perm_epoch = -1
 
@@ -193,25 +201,31 @@ class PackedTokenDataset(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         # Pickling an np.memmap copies the whole array into the pickle; DataLoader workers reopen.
         state = self.__dict__.copy()
-        state["_mms"] = [None] * len(self.shards)
-        state["_index_mms"] = [None] * len(self.shards)
+        state["_open"] = collections.OrderedDict()
         return state
 
-    def _tokens(self, s: int) -> np.memmap:
-        mm = self._mms[s]
-        if mm is None:
-            shard = self.shards[s]
-            mm = self._mms[s] = np.memmap(self.path / shard["file"], dtype=self.dtype, mode="r",
-                                          shape=(int(shard["tokens"]),))
+    def _memmap(self, file: str, dtype: np.dtype) -> np.memmap:
+        """The shard or index file `file`, memory-mapped, from a bounded LRU of open maps.
+
+        Each map holds a file descriptor, and a shuffled stream touches every shard (hundreds to
+        thousands at scale) from every DataLoader worker: keep at most a quarter of the process's
+        descriptor limit open, closing the least recently used (the page cache keeps the data).
+        """
+        mm = self._open.get(file)
+        if mm is not None:
+            self._open.move_to_end(file)
+            return mm
+        if len(self._open) >= _max_open_maps():
+            self._open.popitem(last=False)
+        mm = self._open[file] = np.memmap(self.path / file, dtype=dtype, mode="r")
         return mm
 
+    def _tokens(self, s: int) -> np.memmap:
+        return self._memmap(self.shards[s]["file"], self.dtype)
+
     def _doc_ends(self, s: int) -> np.memmap | None:
-        if not self.shards[s].get("index"):
-            return None
-        mm = self._index_mms[s]
-        if mm is None:
-            mm = self._index_mms[s] = np.memmap(self.path / self.shards[s]["index"], dtype=_INDEX_DTYPE, mode="r")
-        return mm
+        index = self.shards[s].get("index")
+        return self._memmap(index, _INDEX_DTYPE) if index else None
 
     def sample_of(self, index: int) -> int:
         """The sample (0 .. N-1) at global stream index `index`: a pure function of the settings."""

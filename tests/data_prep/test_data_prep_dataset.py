@@ -118,6 +118,20 @@ def test_shuffled_epoch_covers_every_sample_once(sharded: Path) -> None:
     assert other != epoch1
 
 
+def test_open_shards_are_bounded(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each open map holds a file descriptor: at most _max_open_maps() per process, same samples."""
+    expected = [full(s) for s in take(PackedTokenDataset(sharded, T, "train", seed=4, document_positions=True), 60)]
+    import data_prep.dataset
+
+    monkeypatch.setattr(data_prep.dataset, "_max_open_maps", lambda: 2)
+    ds = PackedTokenDataset(sharded, T, "train", seed=4, document_positions=True)  # tokens + index maps
+    got = []
+    for s in take(ds, 60):
+        got.append(full(s))
+        assert len(ds._open) <= 2
+    assert got == expected
+
+
 def test_shuffled_finite_stream_is_one_epoch(sharded: Path) -> None:
     ds = PackedTokenDataset(sharded, T, "val", shuffle=True, seed=1, infinite=False)
     loader = build_dataloader(ds, 5)
