@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -226,8 +227,13 @@ def prepare(
             log.warning("TOKENIZERS_PARALLELISM=%s: each task encodes on one core",
                         os.environ["TOKENIZERS_PARALLELISM"])
         t_loop = time.perf_counter()
+        global _RUNNING_EXECUTOR
         with _quiet_datatrove(out, progress):
-            ex.run()
+            _RUNNING_EXECUTOR = True
+            try:
+                ex.run()
+            finally:
+                _RUNNING_EXECUTOR = False
         seconds = time.perf_counter() - t_loop
         if executor == "local":
             # A task that finished in an earlier session (or on a node that died before writing
@@ -253,8 +259,10 @@ def _exclusive(out: Path, node_rank: int) -> Iterator[None]:
     lock = out / STATE_DIR / f"lock-node{node_rank}"
     with open(lock, "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock, not flock: it is not inherited by forked children (datatrove's
+            # manager process), so a SIGKILLed run never leaves the lock held behind it.
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise CorpusError(
                 f"another prepare process (node rank {node_rank}) is writing to {out} (it holds "
                 f"{lock}). Wait for it to finish, or use another --out directory."
@@ -262,7 +270,30 @@ def _exclusive(out: Path, node_rank: int) -> Iterator[None]:
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+def _die_with_parent() -> None:
+    """Forked helpers (datatrove's multiprocess manager) get SIGTERM when prepare dies.
+
+    Without it, a prepare killed with SIGKILL (OOM killer, preemption) leaves the manager
+    process running forever. Only while `prepare` runs its executor (other programs importing
+    this module keep their fork semantics). Linux only (prctl); elsewhere a no-op.
+    """
+    if not _RUNNING_EXECUTOR:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+_RUNNING_EXECUTOR = False
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_die_with_parent)
 
 
 def _changed(old: dict, new: dict) -> list[str]:
