@@ -225,3 +225,57 @@ def test_bad_paths(tmp_path: Path) -> None:
         resolve_inputs([str(tmp_path / "empty")], ReadOptions())
     with pytest.raises(CorpusError, match="unsupported file type '.csv'"):
         resolve_inputs([str(tmp_path / "empty" / "notes.csv")], ReadOptions())
+
+
+def test_compressed_files_globs_and_urls(tmp_path: Path) -> None:
+    import gzip
+
+    import zstandard
+
+    rows = [{"text": f"doc {i} " + "y" * (i % 7)} for i in range(25)]
+    payload = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(payload))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(payload))
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(TRICKY))
+    texts = [r["text"] for r in rows]
+    assert read_all([tmp_path / "a.jsonl.zst"]) == texts
+    assert read_all([tmp_path / "b.jsonl.gz"]) == texts
+    assert read_all([str(tmp_path / "*.jsonl.*")]) == texts + texts  # a glob, sorted
+    assert read_all([f"file://{tmp_path}/b.jsonl.gz"]) == texts  # an fsspec URL
+    units, desc = resolve_inputs([str(tmp_path)], ReadOptions())
+    assert [(u.kind, u.compression) for u in units] == [("jsonl", "zstd"), ("jsonl", "gzip"), ("txt", "gzip")]
+    assert read_all([tmp_path / "c.txt.gz"]) == read_all_plain(tmp_path, TRICKY)
+    _resume_everywhere([tmp_path / "a.jsonl.zst"])  # cursors work on streams that cannot seek
+    with pytest.raises(CorpusError, match="matches no"):
+        resolve_inputs([str(tmp_path / "*.parquet")], ReadOptions())
+    with pytest.raises(CorpusError, match="holds no"):
+        resolve_inputs([f"file://{tmp_path}/*.csv"], ReadOptions())
+
+
+def read_all_plain(tmp_path: Path, data: bytes) -> list[str]:
+    (tmp_path / "plain").mkdir(exist_ok=True)
+    (tmp_path / "plain" / "c.txt").write_bytes(data)
+    return read_all([tmp_path / "plain" / "c.txt"])
+
+
+def test_units_shard_over_tasks_and_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    import datasets
+
+    from data_prep.sources import shard_units
+
+    for k in range(5):
+        (tmp_path / f"f{k}.jsonl").write_text(json.dumps({"text": f"file {k}"}) + "\n")
+    datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(10)]}).save_to_disk(str(tmp_path / "ds"))
+    units, _ = resolve_inputs([str(tmp_path / "f0.jsonl"), str(tmp_path / "f1.jsonl"), str(tmp_path / "f2.jsonl"),
+                               str(tmp_path / "f3.jsonl"), str(tmp_path / "f4.jsonl"), str(tmp_path / "ds")],
+                              ReadOptions())
+    units = pickle.loads(pickle.dumps(units))  # as a datatrove worker receives them
+    got = []
+    for rank in range(3):
+        mine = shard_units(units, rank, 3)
+        docs = [t for c in iter_chunks(mine, ReadOptions(), ReadStats()) for t in c.texts]
+        got.append(docs)
+    assert got[0][:2] == ["file 0", "file 3"] and got[1][:2] == ["file 1", "file 4"] and got[2][0] == "file 2"
+    assert sorted(d for g in got for d in g) == sorted([f"file {k}" for k in range(5)] + [f"row {i}" for i in range(10)])
