@@ -1,17 +1,22 @@
-"""Benchmark: prepare's tokens/s against the raw Rust encoder, and the loader's batches/s.
+"""Benchmark: prepare's tokens per CPU-second against the raw Rust encoder, scaling with worker
+processes, the hours it takes to prepare 117B tokens, and the loader's batches/s.
 
-    python -m data_prep.bench                       # shipped corpus + tokenizer
-    python -m data_prep.bench --json bench.json --repeats 5
+    python -m data_prep.bench                                    # shipped corpus + tokenizer
+    python -m data_prep.bench --tokenizer /path/to/qwen3 --json bench.json
+    python -m data_prep.bench --corpus 'data/*.jsonl.zst' --workers 1 2 4 --target-tokens 117e9
 
 "raw" is `Tokenizer.encode_batch_fast` over all documents of the same corpus in one call, the
-ceiling for any pipeline built on it; "prepare" is the full pipeline (read, encode, pack, append,
-fsync, commit the resume state per chunk). Both are timed alternately in the same process, and
-the median of --repeats runs is reported, because a shared machine's speed drifts between runs.
-Both rates count the same tokens (document tokens + one EOS each). The target is
-prepare/raw >= 0.9. CPU seconds (all threads) are reported too: unlike wall-clock rates they hardly
-move when other jobs share the machine. Rows for `--workers N` include starting the encoder
-processes (about a second), which dominates on the small shipped corpus: time them on a bigger
-one, e.g. a JSONL file manifest listing the corpus folder ten times.
+ceiling for any pipeline built on it. "prepare" is the whole datatrove pipeline (`prepare` with
+--tasks T --workers W: executor start-up, reading, encoding, train/val routing, packing, shard
+writing with sha256, task records, manifest). Both count the same tokens (document tokens + one
+separator each). Rates are per CPU-second (all threads and processes), which, unlike wall-clock
+rates, hardly move when other jobs share the machine; "task" rates count only the CPU of the
+tasks themselves (what grows with the corpus), "end to end" adds this process's start-up and
+finalisation. The extrapolation divides --target-tokens by the per-core task rate times the cores
+of one node (--node-cores) and of --nodes nodes, assuming tasks scale linearly (independent
+processes, nothing shared but the input and output filesystems; the W = 1, 2 rows check that on
+this machine). It leaves out download time: stage the corpus first or make sure the network keeps
+up (~4 bytes of compressed JSONL per token).
 """
 
 from __future__ import annotations
@@ -33,17 +38,16 @@ from .sources import ReadOptions, iter_chunks, resolve_inputs
 ASSETS = Path(__file__).resolve().parent.parent / "tests" / "assets"
 DEFAULT_CORPUS = ASSETS / "corpus"
 DEFAULT_TOKENIZER = ASSETS / "tokenizer"
-TARGET_RATIO = 0.9
 
 
 def _cpu_seconds() -> float:
-    # This process's threads plus reaped children (the encoder processes of --workers N).
+    # This process's threads plus reaped children.
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def bench_prepare(corpus: Sequence[str], tokenizer: str, repeats: int, work: Path,
-                  chunk_chars: int, workers: Sequence[int] = (0,)) -> dict[str, Any]:
+def bench_prepare(corpus: Sequence[str], tokenizer: str, repeats: int, work: Path, tasks: int,
+                  workers: Sequence[int] = (1, 2), chunk_chars: int = 1_000_000) -> dict[str, Any]:
     from .prepare import prepare
     from .tokenizer import load_tokenizer
 
@@ -53,58 +57,75 @@ def bench_prepare(corpus: Sequence[str], tokenizer: str, repeats: int, work: Pat
     texts = [t for chunk in iter_chunks(units, options, ReadStats()) for t in chunk.texts]
     backend = tok.backend_tokenizer
 
-    raw_rates, raw_cpu = [], []
-    runs: dict[int, dict[str, list[float]]] = {w: {"loop": [], "e2e": [], "cpu": []} for w in workers}
+    raw_cpu, raw_wall = [], []
+    runs: dict[int, dict[str, list[float]]] = {w: {"wall": [], "cpu": [], "task_cpu": []} for w in workers}
     tokens = 0
     backend.encode_batch_fast(texts[:2000], add_special_tokens=False)  # warm the BPE cache
     for _ in range(repeats):  # alternate raw and prepare runs so drifting load hits both alike
         c0, t0 = _cpu_seconds(), time.perf_counter()
         encs = backend.encode_batch_fast(texts, add_special_tokens=False)
-        dt, raw_cpu_s = time.perf_counter() - t0, _cpu_seconds() - c0
-        tokens = sum(len(e.ids) for e in encs) + len(texts)  # + the EOS prepare appends
+        raw_wall.append(time.perf_counter() - t0)
+        raw_cpu.append(_cpu_seconds() - c0)
+        tokens = sum(len(e.ids) for e in encs) + len(texts)  # + the separator prepare appends
         del encs
-        raw_rates.append(tokens / dt)
-        raw_cpu.append(raw_cpu_s)
         for w in workers:
-            c0 = _cpu_seconds()
-            m = prepare(corpus, tok, work / "data", seq_len=256, val_fraction=0.05,
-                        chunk_chars=chunk_chars, workers=w, overwrite=True, progress=False)
-            st = m["stats"]
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            m = prepare(corpus, tok, work / f"data_w{w}", seq_len=256, val_fraction=0.05, tasks=tasks,
+                        workers=w, chunk_chars=chunk_chars, overwrite=True, progress=False)
+            wall = time.perf_counter() - t0
             produced = sum(s["tokens"] for s in m["splits"].values())
-            if produced != tokens:
+            if produced - (m["bos_id"] is not None) * m["stats"]["documents"] != tokens:
                 raise RuntimeError(f"prepare wrote {produced} tokens, the raw encoder counted {tokens}")
-            runs[w]["cpu"].append(_cpu_seconds() - c0)
-            runs[w]["loop"].append(produced / st["session_loop_seconds"])
-            runs[w]["e2e"].append(produced / st["session_total_seconds"])
-    raw, raw_cpu_s = statistics.median(raw_rates), statistics.median(raw_cpu)
+            task_cpu = m["stats"]["task_cpu_seconds"]
+            # workers = 1 runs the tasks in this process (already in _cpu_seconds); W > 1 runs
+            # them in pool processes that are not our reaped children, so add their own count.
+            cpu = _cpu_seconds() - c0 + (task_cpu if w > 1 else 0.0)
+            runs[w]["wall"].append(wall)
+            runs[w]["cpu"].append(cpu)
+            runs[w]["task_cpu"].append(task_cpu)
+    raw_cpu_s, raw_wall_s = statistics.median(raw_cpu), statistics.median(raw_wall)
     modes = []
     for w in workers:
-        loop, e2e, cpu = (statistics.median(runs[w][k]) for k in ("loop", "e2e", "cpu"))
+        wall, cpu, task_cpu = (statistics.median(runs[w][k]) for k in ("wall", "cpu", "task_cpu"))
         modes.append({
             "workers": w,
-            "tokens_per_s": round(loop, 1),
-            "end_to_end_tokens_per_s": round(e2e, 1),
-            "ratio": round(loop / raw, 3),
-            "ratio_end_to_end": round(e2e / raw, 3),
-            # CPU seconds (all threads and workers) of one run: robust to other load on a shared
-            # machine, where wall-clock rates drift. Includes prepare's setup and finalisation.
+            "tasks": tasks,
+            "wall_s": round(wall, 3),
             "cpu_s": round(cpu, 3),
-            "cpu_ratio": round(raw_cpu_s / cpu, 3),
-            "runs": [round(r) for r in runs[w]["loop"]],
+            "task_cpu_s": round(task_cpu, 3),
+            "tokens_per_s": round(tokens / wall, 1),
+            "tokens_per_cpu_s": round(tokens / cpu, 1),
+            "task_tokens_per_cpu_s": round(tokens / task_cpu, 1),
+            "ratio_cpu": round(raw_cpu_s / cpu, 3),
+            "ratio_task_cpu": round(raw_cpu_s / task_cpu, 3),
         })
     return {
+        "tokenizer": str(tokenizer),
+        "vocab_size": len(tok),
         "documents": len(texts),
         "tokens": tokens,
         "characters": sum(map(len, texts)),
         "repeats": repeats,
-        "chunk_chars": chunk_chars,
         "cpu_count": os.cpu_count(),
-        "raw_tokens_per_s": round(raw, 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "raw_tokens_per_s": round(tokens / raw_wall_s, 1),
         "raw_cpu_s": round(raw_cpu_s, 3),
-        "raw_runs": [round(r) for r in raw_rates],
+        "raw_tokens_per_cpu_s": round(tokens / raw_cpu_s, 1),
         "modes": modes,
-        "ratio": modes[0]["ratio"],  # of the first mode (default: workers=0, prepare's default)
-        "target_ratio": TARGET_RATIO,
+    }
+
+
+def extrapolate(prep: dict[str, Any], target_tokens: float, node_cores: int, nodes: int) -> dict[str, Any]:
+    """Hours for `target_tokens` from the best measured per-core task rate (see module doc)."""
+    rate = max(m["task_tokens_per_cpu_s"] for m in prep["modes"])
+    one_node = target_tokens / (rate * node_cores) / 3600
+    return {
+        "target_tokens": target_tokens,
+        "tokens_per_core_s": rate,
+        "node_cores": node_cores,
+        "hours_one_node": round(one_node, 2),
+        "nodes": nodes,
+        "hours_n_nodes": round(one_node / nodes, 2),
     }
 
 
@@ -119,7 +140,7 @@ def bench_loader(data_dir: Path, batch_size: int, seq_len: int, batches: int,
         next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
-        x, y = next(it)
+        next(it)
     dt = time.perf_counter() - t0
     del it
     return {
@@ -133,70 +154,88 @@ def bench_loader(data_dir: Path, batch_size: int, seq_len: int, batches: int,
 
 
 def format_table(result: dict[str, Any]) -> str:
-    p = result["prepare"]
-    rows = [
-        f"corpus: {p['documents']:,} documents, {p['characters']:,} chars, {p['tokens']:,} tokens; "
-        f"{p['cpu_count']} CPUs; median of {p['repeats']} runs; chunk {p['chunk_chars']:,} chars",
-        f"{'measure':<42} {'tokens/s':>11} {'x raw':>6} {'CPU s':>7} {'x raw':>6}",
-        f"{'raw encode_batch_fast':<42} {p['raw_tokens_per_s']:>11,.0f} {1.0:>6.2f} "
-        f"{p['raw_cpu_s']:>7.3f} {1.0:>6.2f}",
-    ]
-    for m in p["modes"]:
-        how = "threads" if m["workers"] == 0 else f"{m['workers']} encoder processes"
-        rows.append(f"{'prepare, ' + how + ' (loop)':<42} {m['tokens_per_s']:>11,.0f} "
-                    f"{m['ratio']:>6.2f} {m['cpu_s']:>7.3f} {m['cpu_ratio']:>6.2f}")
-        rows.append(f"{'prepare, ' + how + ' (end to end)':<42} "
-                    f"{m['end_to_end_tokens_per_s']:>11,.0f} {m['ratio_end_to_end']:>6.2f}")
-    met = "MET" if p["ratio"] >= p["target_ratio"] else "NOT MET"
-    rows += [
-        f"target: prepare loop >= {p['target_ratio']} x raw (first mode) -> {met}",
-        "",
-        f"{'loader':<42} {'batches/s':>11} {'tokens/s':>14}",
-    ]
-    for ld in result["loader"]:
-        name = f"B={ld['batch_size']} T={ld['seq_len']} num_workers={ld['num_workers']}"
-        rows.append(f"{name:<42} {ld['batches_per_s']:>11,.1f} {ld['tokens_per_s']:>14,.0f}")
+    rows = []
+    for p, ex in zip(result["prepare"], result["extrapolation"]):
+        rows += [
+            f"tokenizer {p['tokenizer']} ({p['vocab_size']:,} tokens); corpus {p['documents']:,} documents, "
+            f"{p['characters']:,} chars, {p['tokens']:,} tokens; {p['cpu_count']} CPUs (load "
+            f"{p['load_avg_1min']}); median of {p['repeats']}",
+            f"{'measure':<34} {'wall tok/s':>11} {'tok/CPU-s':>10} {'x raw':>6} {'task tok/CPU-s':>15} {'x raw':>6}",
+            f"{'raw encode_batch_fast':<34} {p['raw_tokens_per_s']:>11,.0f} {p['raw_tokens_per_cpu_s']:>10,.0f} "
+            f"{1.0:>6.2f} {p['raw_tokens_per_cpu_s']:>15,.0f} {1.0:>6.2f}",
+        ]
+        for m in p["modes"]:
+            name = f"prepare --tasks {m['tasks']} --workers {m['workers']}"
+            rows.append(f"{name:<34} {m['tokens_per_s']:>11,.0f} {m['tokens_per_cpu_s']:>10,.0f} "
+                        f"{m['ratio_cpu']:>6.2f} {m['task_tokens_per_cpu_s']:>15,.0f} {m['ratio_task_cpu']:>6.2f}")
+        rows += [
+            f"{ex['target_tokens'] / 1e9:.0f}B tokens at {ex['tokens_per_core_s']:,.0f} tokens/core-s: "
+            f"{ex['hours_one_node']:.1f} h on one {ex['node_cores']}-core node, "
+            f"{ex['hours_n_nodes']:.1f} h on {ex['nodes']} nodes",
+            "",
+        ]
+    if result.get("loader"):
+        rows.append(f"{'loader':<42} {'batches/s':>11} {'tokens/s':>14}")
+        for ld in result["loader"]:
+            name = f"B={ld['batch_size']} T={ld['seq_len']} num_workers={ld['num_workers']}"
+            rows.append(f"{name:<42} {ld['batches_per_s']:>11,.1f} {ld['tokens_per_s']:>14,.0f}")
+    if result.get("loader_error"):
+        rows.append(f"loader: {result['loader_error']}")
     return "\n".join(rows)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.bench",
-        description="Tokens/s of prepare vs the raw encode_batch_fast rate, and loader batches/s.",
+        description="prepare's tokens per CPU-second vs raw encode_batch_fast, scaling with "
+                    "--workers, hours for --target-tokens, and loader batches/s.",
     )
     p.add_argument("--corpus", nargs="+", default=[str(DEFAULT_CORPUS)],
-                   help="corpus inputs (default: the shipped corpus)")
-    p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER),
-                   help="tokenizer dir or Hub name (default: the shipped tokenizer)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs of each (median reported; default 5)")
-    p.add_argument("--chunk-chars", type=int, default=500_000, help="prepare chunk size (default 500000)")
-    p.add_argument("--workers", type=int, nargs="+", default=[0],
-                   help="prepare --workers settings to time (default 0: threads)")
+                   help="corpus inputs, as for prepare --input (default: the shipped corpus)")
+    p.add_argument("--tokenizer", nargs="+", default=[str(DEFAULT_TOKENIZER)],
+                   help="tokenizer dirs or Hub names, each benchmarked (default: the shipped one); "
+                        "e.g. also a Qwen3 tokenizer dir for a 150k vocabulary")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each (median; default 3)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="prepare --workers settings to time (default 1 2)")
+    p.add_argument("--tasks", type=int, default=None, help="prepare --tasks (default: max --workers)")
+    p.add_argument("--target-tokens", type=float, default=117e9, help="extrapolate to this (default 117e9)")
+    p.add_argument("--node-cores", type=int, default=64, help="cores per node (default 64)")
+    p.add_argument("--nodes", type=int, default=8, help="nodes for the multi-node estimate (default 8)")
     p.add_argument("--batch-size", type=int, default=8, help="loader micro-batch (default 8)")
     p.add_argument("--seq-len", type=int, default=256, help="loader sequence length (default 256)")
     p.add_argument("--loader-batches", type=int, default=2000, help="batches timed per loader run")
-    p.add_argument("--num-workers", type=int, nargs="+", default=[0, 2],
-                   help="loader DataLoader worker counts to time (default 0 2)")
+    p.add_argument("--num-workers", type=int, nargs="*", default=[0],
+                   help="loader DataLoader worker counts to time (default 0; none: skip the loader)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if min(args.workers) < 1:
+        print("error: --workers values must be >= 1 (processes)", file=sys.stderr)
+        return 2
+    tasks = args.tasks or max(args.workers)
     with tempfile.TemporaryDirectory(prefix="data_prep_bench_") as tmp:
         work = Path(tmp)
         try:
-            result: dict[str, Any] = {
-                "prepare": bench_prepare(args.corpus, args.tokenizer, args.repeats, work,
-                                         args.chunk_chars, args.workers),
-                "loader": [
-                    bench_loader(work / "data", args.batch_size, args.seq_len, args.loader_batches, w)
-                    for w in args.num_workers
-                ],
-            }
+            result: dict[str, Any] = {"prepare": [], "extrapolation": []}
+            for k, tokenizer in enumerate(args.tokenizer):
+                p = bench_prepare(args.corpus, tokenizer, args.repeats, work / str(k), tasks, args.workers)
+                result["prepare"].append(p)
+                result["extrapolation"].append(
+                    extrapolate(p, args.target_tokens, args.node_cores, args.nodes))
         except ValueError as e:  # bad corpus / tokenizer: the message names the fix
             print(f"error: {e}", file=sys.stderr)
             return 2
+        data = work / "0" / f"data_w{args.workers[0]}"
+        result["loader"] = []
+        try:
+            result["loader"] = [bench_loader(data, args.batch_size, args.seq_len, args.loader_batches, w)
+                                for w in args.num_workers]
+        except Exception as e:  # the loader is benchmarked here but owned elsewhere: report, go on
+            result["loader_error"] = f"{type(e).__name__}: {e}"
     print(format_table(result))
     if args.json:
         atomic_write_json(args.json, result)

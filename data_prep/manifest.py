@@ -298,6 +298,10 @@ def _merge(out: Path, run: dict[str, Any], records: list[dict[str, Any]]) -> dic
             "task_budget": records[0]["budget"],
             "tasks_short_of_budget": short,
             "shard_tokens": run["shard_tokens"],
+            # Summed over tasks (each in its own process when --workers > 1): for throughput
+            # estimates, tokens / task_cpu_seconds is the rate per core.
+            "task_seconds": round(sum(r.get("seconds", 0.0) for r in records), 3),
+            "task_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in records), 3),
         },
         "command": run["command"],
         "warnings": warnings,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -101,6 +102,7 @@ class TokenizeToShards(PipelineStep):
             os.environ["RAYON_NUM_THREADS"] = str(self.threads)
         from tokenizers import Tokenizer
 
+        t0, cpu0 = time.perf_counter(), time.process_time()  # process CPU: Rayon threads included
         backend = Tokenizer.from_str(self.tokenizer_json)
         out = Path(self.out)
         np_dtype = np.dtype(self.dtype).newbyteorder("<")
@@ -151,6 +153,8 @@ class TokenizeToShards(PipelineStep):
             "decode_replacement_examples": self.reader.read_stats.examples,
             "budget": self.task_budget,
             "budget_reached": budget_reached,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "cpu_seconds": round(time.process_time() - cpu0, 3),
         }
         path = task_record_path(out, rank)
         path.parent.mkdir(parents=True, exist_ok=True)

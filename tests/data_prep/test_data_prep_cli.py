@@ -64,11 +64,16 @@ def test_bench_writes_json(tmp_path: Path, small_corpus: Path, tokenizer_dir: Pa
 
     out = tmp_path / "bench.json"
     assert bench.main(["--corpus", str(small_corpus), "--tokenizer", str(tokenizer_dir),
-                       "--repeats", "1", "--loader-batches", "20", "--num-workers", "0",
-                       "--json", str(out)]) == 0
+                       "--repeats", "1", "--workers", "1", "--tasks", "2", "--loader-batches", "20",
+                       "--num-workers", "0", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    p = result["prepare"]
-    assert p["raw_tokens_per_s"] > 0 and p["modes"][0]["tokens_per_s"] > 0 and p["ratio"] > 0
-    assert result["loader"][0]["batches_per_s"] > 0
+    [p] = result["prepare"]
+    assert p["raw_tokens_per_cpu_s"] > 0 and p["modes"][0]["tokens_per_cpu_s"] > 0
+    assert p["modes"][0]["task_tokens_per_cpu_s"] >= p["modes"][0]["tokens_per_cpu_s"]
+    [ex] = result["extrapolation"]
+    rate = p["modes"][0]["task_tokens_per_cpu_s"]
+    assert ex["hours_one_node"] == pytest.approx(117e9 / (rate * 64) / 3600, rel=0.01)
+    assert ex["hours_n_nodes"] == pytest.approx(ex["hours_one_node"] / 8, rel=0.01)
+    assert result["loader"][0]["batches_per_s"] > 0, result.get("loader_error")
     table = capsys.readouterr().out
-    assert "raw encode_batch_fast" in table and "batches/s" in table
+    assert "raw encode_batch_fast" in table and "batches/s" in table and "one 64-core node" in table
