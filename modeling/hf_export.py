@@ -9,6 +9,7 @@ decided by field values (qk-norm -> Qwen3, RoPE+RMSNorm+SwiGLU -> LLaMA, learned
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -19,6 +20,8 @@ from transformers.initialization import no_init_weights
 
 from .configuration import DecoderConfig
 from .modeling_decoder import DecoderForCausalLM
+
+logger = logging.getLogger(__name__)
 
 _GPT2_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -258,11 +261,81 @@ def from_hf(hf_model: PreTrainedModel, attn_implementation: str | None = None) -
     return build_with_weights(lambda: DecoderForCausalLM(config), state, param.device, param.dtype, hf_model.training)
 
 
-def export_hf(model: DecoderForCausalLM, out_dir: str | os.PathLike, tokenizer=None) -> str:
+def export_hf(model: DecoderForCausalLM, out_dir: str | os.PathLike, tokenizer=None, max_length: int | None = None) -> str:
     """Write the native-class checkpoint (safetensors + config [+ tokenizer]) loadable with plain
-    `AutoModelForCausalLM.from_pretrained(out_dir)`, no trust_remote_code, no import of this package."""
+    `AutoModelForCausalLM.from_pretrained(out_dir)`, no trust_remote_code, no import of this package.
+    With a tokenizer, the folder also carries its special-token ids and, given `max_length` (the
+    trained seq_len), its context length: see `finish_export`."""
     hf_model = to_hf(model)
     hf_model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+        finish_export(out_dir, tokenizer, max_length)
     return str(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# What every export folder must say about its tokenizer (the ONE place: checkpoint model/ and hf/,
+# and eval.hub, all call finish_export)
+# ----------------------------------------------------------------------------------------------
+SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """{"bos_token_id", "eos_token_id", "pad_token_id"}: those of the three the tokenizer defines."""
+    ids = {field: getattr(tokenizer, field, None) for field in SPECIAL_TOKEN_FIELDS}
+    return {field: int(i) for field, i in ids.items() if isinstance(i, int) and not isinstance(i, bool)}
+
+
+def _merge_ids(where: str, current: dict, ids: dict[str, int]) -> dict:
+    """`current` with the tokenizer's ids. The tokenizer is what the model was trained on, so it wins;
+    an eos list that already holds the tokenizer's eos (chat models: several stop tokens) is kept."""
+    out = dict(current)
+    for field, value in ids.items():
+        old = out.get(field)
+        if old is None or old == value or (isinstance(old, list) and value in old):
+            out[field] = value if old is None else old
+            continue
+        logger.warning("%s: %s %s replaced by the tokenizer's %s", where, field, old, value)
+        out[field] = value
+    return out
+
+
+def finish_export(out_dir: str | os.PathLike, tokenizer=None, max_length: int | None = None) -> None:
+    """Make a saved model folder generate and tokenize as trained, in place.
+
+    Without this, `generate()` / `pipeline("text-generation")` on an export never stop at the
+    end-of-text token (config and generation config carry `eos_token_id: null`) and the tokenizer
+    accepts any length (`model_max_length` 1e30). Writes:
+      - config.json and generation_config.json: the tokenizer's bos / eos / pad ids (those it has);
+      - tokenizer_config.json (if the folder holds a tokenizer): `model_max_length = max_length`,
+        the context the model was trained at (seq_len), when given.
+    Works on any `save_pretrained` folder (ours or a native transformers class), so every export
+    path shares this one rule.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import GenerationConfig
+
+    folder = Path(out_dir)
+    ids = special_token_ids(tokenizer) if tokenizer is not None else {}
+    config_path = folder / "config.json"
+    if ids and config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config_path.write_text(json.dumps(_merge_ids(str(config_path), config, ids), indent=2) + "\n", encoding="utf-8")
+    if ids:
+        try:
+            gen = GenerationConfig.from_pretrained(folder).to_dict()
+        except OSError:  # no generation_config.json yet (e.g. a config with every default)
+            gen = {}
+        merged = _merge_ids(str(folder / "generation_config.json"), gen, ids)
+        merged.pop("transformers_version", None)
+        GenerationConfig(**merged).save_pretrained(folder)
+    tok_path = folder / "tokenizer_config.json"
+    if max_length is not None and tok_path.is_file():
+        if int(max_length) < 1:
+            raise ValueError(f"max_length={max_length}: the trained context length must be positive")
+        tok_config = json.loads(tok_path.read_text(encoding="utf-8"))
+        tok_config["model_max_length"] = int(max_length)
+        tok_path.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -86,11 +86,13 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     rank when any rank failed (disk full named as such), leaving the earlier checkpoints untouched.
 
     Hashing cost (the manifest): sha256 reads each file once more, right after it was written, by the
-    rank that wrote it (so from its page cache) and in parallel across ranks: about 1.2 s per GiB per
-    rank on this project's 2-core CI machine (`python -m training.checkpoint_layout --bench`), ~0.5 s
-    per GiB on a server core with SHA extensions. For a 1.8B-parameter ZeRO-1 run on 8 GPUs: each
-    rank hashes its ~2.7 GB optimizer shard while rank 0 writes model/ (7.2 GB fp32), then rank 0
-    hashes model/ and DeepSpeed's 7.2 GB module file: ~15 s on top of a save that writes ~36 GB."""
+    rank that wrote it (so from its page cache) and in parallel across ranks: 1.2 s per GiB per rank
+    measured on one core of the 2-core CI machine when idle, 4.4 s under 5x oversubscription
+    (`python -m training.checkpoint_layout --bench`). For a 1.8B-parameter bf16 ZeRO-1 run on 8 GPUs
+    every rank hashes its 2.7 GB optimizer shard (12 bytes/param / 8) while rank 0 writes model/; rank 1
+    also hashes DeepSpeed's 3.6 GB module file and rank 0 then hashes model/ (3.6 GB): ~6.3 GB on the
+    slowest rank, ~7 s at 1.2 s/GiB, on top of a save that writes ~29 GB. Hashing while writing would
+    need hooks inside torch.save/safetensors; reading back from the page cache costs no disk I/O."""
     acc = trainer.accelerator
     out_dir = trainer.cfg.out_dir
     final = checkpoint_dir(out_dir, trainer.state.iter)
@@ -127,13 +129,17 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
         hash_start = time.perf_counter()
         entries = _hash(tmp, layout.share_of(written, acc.process_index, acc.num_processes, spare_rank0=True))
         if acc.is_main_process:  # Phase 2, rank 0: the HF-format model and the trainer state, then their hashes
+            from modeling.hf_export import finish_export
+
             model = acc.unwrap_model(trainer.model)
             # save_pretrained pops the tensors out of the dict it is given: hand it a shallow copy
             model.save_pretrained(tmp / "model", state_dict=dict(full_state))
             if trainer.tokenizer is not None:
                 trainer.tokenizer.save_pretrained(tmp / "model")
+                # eos/bos/pad ids into config + generation_config, model_max_length = seq_len
+                finish_export(tmp / "model", trainer.tokenizer, max_length=trainer.cfg.seq_len)
             if export_hf:
-                _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf")
+                _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf", trainer.cfg.seq_len)
             atomic_write_json(tmp / "trainer_state.json", trainer.state.to_dict() | {
                 "world_size": acc.num_processes, "schedule": schedule_of(trainer.cfg)})
             entries |= _hash(tmp, [rel for rel in layout.files_under(tmp) if rel not in written])
@@ -240,14 +246,14 @@ def model_from_full_state(config, state_dict):
     return build_with_weights(lambda: DecoderForCausalLM(config), {k: v.to("cpu") for k, v in state_dict.items()})
 
 
-def _export_native(config, state_dict, tokenizer, out: Path) -> None:
+def _export_native(config, state_dict, tokenizer, out: Path, max_length: Optional[int] = None) -> None:
     """The native transformers export, from the gathered full state (rank 0 only: under ZeRO-3,
     `from_pretrained` would enter DeepSpeed's zero.Init, a collective the other ranks never join)."""
     from modeling import NotExportableError, export_hf
 
     model = model_from_full_state(config, state_dict)
     try:
-        export_hf(model, out, tokenizer=tokenizer)
+        export_hf(model, out, tokenizer=tokenizer, max_length=max_length)
     except NotExportableError as exc:  # e.g. gpt2-1.36b's decoupled head_dim: keep our format only
         logger.warning("no native export: %s", exc)
 
