@@ -68,6 +68,10 @@ def test_sigkill_then_resume_auto_gives_the_same_curve(demo_data, tmp_path):
     configs = [r for r in read_log(run) if r["type"] == "config"]
     assert len(configs) == 2 and configs[1]["start_iter"] >= 12 and configs[1]["resumed_from"].endswith(
         f"iter_{configs[1]['start_iter']:06d}")
+    # The resumed process itself evaluated: its val losses equal the uninterrupted run's only if the val
+    # batches do not depend on the loader's history (this passed vacuously while a SIGKILL of the launcher
+    # left its workers training to the end as orphans, so the "resume" started at the last iteration).
+    assert any(i > configs[1]["start_iter"] for i in evals), configs[1]["start_iter"]
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert kept == ["iter_000036", "iter_000042", "iter_000048"]  # keep_checkpoints=3, no .tmp left behind
 
