@@ -6,6 +6,12 @@ plus either `causal=True` (Tq == Tk, no padding: the fast path used in training)
 boolean `mask` (B, 1, Tq, Tk), True = may attend (padding, or a KV cache with Tq > 1), and
 returns (B, Tq, nh, hd). The eager function is the reference the others are tested against.
 
+Document masking (packed training rows whose documents must not see each other; Megatron's
+`reset_attention_mask`, torchtitan's document masks, FlashAttention-2's varlen path in transformers)
+arrives as `documents`, a `Documents` built once per forward by `documents_from_position_ids` in the
+form the backend reads: a block-diagonal causal `mask` for eager and SDPA (made on the device, no
+host sync), `cu_seqlens` / `max_seqlen` for flash_attn's varlen kernel (one host sync per forward).
+
 Backend choice (`resolve_attn_implementation`) happens once, at model construction: an explicit
 request that cannot run is an error saying why and what to install; only "auto" falls back
 (flash_attention_2 -> sdpa -> eager), and it reports which backend it chose and why.
@@ -17,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -33,13 +40,56 @@ def _additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
-def eager_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
+@dataclass(frozen=True)
+class Documents:
+    """The documents of packed rows (B, T), in the form one backend reads: causal attention within each.
+
+    mask: (B, 1, T, T) bool, True = same document and not in the future (eager, sdpa).
+    cu_seqlens: (n_docs + 1,) int32 start offsets of the documents in the flattened B*T tokens, then
+        B*T (flash_attn_varlen_func); max_seqlen: the longest document's length.
+    """
+
+    mask: Optional[torch.Tensor] = None
+    cu_seqlens: Optional[torch.Tensor] = None
+    max_seqlen: int = 0
+
+
+def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions restarting at 0 at each document start -> (B, T) document index within the row:
+    [[0, 1, 2, 0, 1, 0]] -> [[0, 0, 0, 1, 1, 2]] (tokens before a row's first 0 count as document 0)."""
+    return (position_ids == 0).long().cumsum(-1)  # a leading 0 makes the first document 1: only equality matters
+
+
+def documents_from_position_ids(position_ids: torch.Tensor, attn_implementation: str) -> Documents:
+    """What `attn_implementation` needs to keep each document's attention inside it.
+
+    eager / sdpa: mask = causal & (doc_q == doc_k), (B, 1, T, T), built on the device: no host sync.
+    flash_attention_2: documents are the varlen kernel's sequences (each row also ends one). Their
+    offsets are a data-dependent shape, so the start flags are copied to the host once per forward (the
+    one host sync of this path); cu_seqlens goes back with a non-blocking copy.
+    """
+    B, T = position_ids.shape
+    if attn_implementation != "flash_attention_2":
+        doc = document_ids(position_ids)
+        causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+        return Documents(mask=(causal & (doc[:, :, None] == doc[:, None, :]))[:, None])  # (B, 1, T, T)
+    starts = position_ids == 0
+    starts[:, 0] = True  # every row starts a sequence: documents never continue into the next row
+    starts = starts.flatten().cpu()  # host sync: one (B*T,) bool copy per forward
+    cu = torch.cat([starts.nonzero().flatten(), torch.tensor([B * T])]).to(torch.int32)  # (n_docs + 1,)
+    return Documents(cu_seqlens=cu.to(position_ids.device, non_blocking=True), max_seqlen=int(cu.diff().max()))
+
+
+def eager_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float,
+                    documents: Optional[Documents] = None):
     """Reference implementation: explicit softmax(QK^T * scale + bias) V with the softmax in float32.
 
     GQA without copying K/V: the g = nh // nkv query heads that share a KV head are stacked along the
     sequence axis, (B, nkv, g*Tq, hd), so one batched matmul per KV head serves the whole group (a
     repeat_interleave of K and V would copy them g times and scatter-add their gradients back).
     """
+    if documents is not None:
+        mask, causal = documents.mask, False
     B, Tq, nh, hd = q.shape
     Tk, nkv = k.shape[1], k.shape[2]
     g = nh // nkv  # query head h uses KV head h // g
@@ -62,13 +112,17 @@ def _repeat_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
     return t[:, :, None].expand(B, nkv, n_rep, T, hd).reshape(B, nkv * n_rep, T, hd)
 
 
-def sdpa_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
-    """torch's scaled_dot_product_attention; on CUDA with causal=True it runs a FlashAttention-2 kernel."""
+def sdpa_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float,
+                   documents: Optional[Documents] = None):
+    """torch's scaled_dot_product_attention; on CUDA with causal=True it runs a FlashAttention-2 kernel.
+    With documents it takes their block-diagonal mask (CUDA: the memory-efficient or cuDNN kernel)."""
+    if documents is not None:
+        mask, causal = documents.mask, False
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd), views: SDPA takes strided inputs
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1 and mask is not None:
         # SDPA's fused CUDA kernels take enable_gqa only without an explicit mask; with one it would
-        # fall back to the math kernel, so repeat K/V instead (padded evaluation and generation only).
+        # fall back to the math kernel, so repeat K/V instead (padded evaluation, generation, documents).
         k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=scale,
@@ -77,8 +131,10 @@ def sdpa_attention(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropo
     return out.transpose(1, 2)  # (B, Tq, nh, hd)
 
 
-def flash_attention_2(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float):
-    """Dao's flash_attn package: native (B, T, H, D) layout and GQA, bottom-right causal alignment."""
+def flash_attention_2(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dropout_p: float, scale: float,
+                      documents: Optional[Documents] = None):
+    """Dao's flash_attn package: native (B, T, H, D) layout and GQA, bottom-right causal alignment; with
+    documents, its varlen kernel over the flattened tokens with one sequence per document."""
     if mask is not None:
         raise ValueError(
             "attn_implementation='flash_attention_2' here runs unpadded batches only (no attention_mask with "
@@ -91,6 +147,17 @@ def flash_attention_2(q, k, v, *, causal: bool, mask: Optional[torch.Tensor], dr
     if torch.is_autocast_enabled(q.device.type):
         half = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(half), k.to(half), v.to(half)
+    if documents is not None:
+        from flash_attn import flash_attn_varlen_func
+
+        B, T, nh, hd = q.shape
+        cu, n = documents.cu_seqlens, documents.max_seqlen
+        out = flash_attn_varlen_func(
+            q.reshape(B * T, nh, hd), k.reshape(B * T, -1, hd), v.reshape(B * T, -1, hd),  # (B*T, H, hd)
+            cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=n, max_seqlen_k=n,
+            dropout_p=dropout_p, softmax_scale=scale, causal=True,
+        )
+        return out.view(B, T, nh, hd)
     return flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale, causal=causal)
 
 

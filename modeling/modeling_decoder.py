@@ -23,7 +23,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention import ATTENTION_FUNCTIONS, resolve_attn_implementation
+from .attention import ATTENTION_FUNCTIONS, Documents, documents_from_position_ids, resolve_attn_implementation
 from .configuration import DecoderConfig
 from .losses import linear_cross_entropy
 
@@ -148,7 +148,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
 
-    def forward(self, x, rope, mask, cache: Optional[Cache]):
+    def forward(self, x, rope, mask, cache: Optional[Cache], documents: Optional[Documents] = None):
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -166,7 +166,8 @@ class Attention(nn.Module):
         attn = ATTENTION_FUNCTIONS[self.config._attn_implementation]
         causal = mask is None and q.shape[1] == k.shape[1]  # Tq == 1 over a cache needs no mask at all
         dropout_p = self.config.dropout if self.training else 0.0
-        y = attn(q, k, v, causal=causal, mask=mask, dropout_p=dropout_p, scale=self.scale)  # (B, T, nh, hd)
+        y = attn(q, k, v, causal=causal, mask=mask, dropout_p=dropout_p, scale=self.scale,
+                 documents=documents)  # (B, T, nh, hd)
         return self.o_proj(y.reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -184,8 +185,8 @@ class DecoderBlock(GradientCheckpointingLayer):
         self.mlp = SwiGLU(config) if config.is_gated_mlp else MLP(config)
         self.dropout = build_dropout(config.dropout)
 
-    def forward(self, x, rope=None, mask=None, cache=None):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+    def forward(self, x, rope=None, mask=None, cache=None, documents=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, mask, cache, documents))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -260,8 +261,12 @@ class DecoderModel(DecoderPreTrainedModel):
         inputs_embeds: Optional[torch.Tensor] = None,
         use_cache: Optional[bool] = None,
         past_key_values: Optional[Cache] = None,
+        document_masking: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """`document_masking=True` (packed training rows): `position_ids` restart at 0 at each document
+        start, and attention stays inside each document (RoPE / learned positions restart with them).
+        Off by default: the plain causal fast path, position_ids only moving the positions."""
         cache = _one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -276,12 +281,21 @@ class DecoderModel(DecoderPreTrainedModel):
         # generation and evaluation; the training loop passes none) so the fast causal kernels run.
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
+        if document_masking and (position_ids is None or past_len or attention_mask is not None):
+            raise ValueError(
+                "document_masking=True needs position_ids restarting at 0 at each document start, and no "
+                "tokens in the KV cache and no attention_mask with zeros (packed training rows only)"
+            )
         if position_ids is None:
             if attention_mask is not None:  # left padding: positions count real tokens only
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
                 position_ids = torch.arange(past_len, past_len + T, device=x.device).unsqueeze(0)  # (1, T)
         mask = _build_mask(attention_mask, B, T, past_len, x.device)
+        documents = None
+        if document_masking:  # the training path: whole packed rows, nothing cached, no padding
+            position_ids = position_ids.expand(B, T)  # (1, T) broadcasts: the documents are per row
+            documents = documents_from_position_ids(position_ids, self.config._attn_implementation)
 
         if self.config.position_embedding == "learned":
             if past_len + T > self.config.max_position_embeddings:
@@ -295,7 +309,7 @@ class DecoderModel(DecoderPreTrainedModel):
             rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         x = self.dropout(x)
         for block in self.layers:
-            x = block(x, rope, mask, cache)
+            x = block(x, rope, mask, cache, documents)
         x = self.norm(x)
         return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache if use_cache else None})
 
@@ -352,6 +366,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         return_logits: bool = True,
         past_key_values: Optional[Cache] = None,
+        document_masking: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` follow the HF convention (aligned with input_ids, shifted here); `shift_labels` are
@@ -360,10 +375,17 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         `return_logits=False` with labels: the loss is computed by `losses.linear_cross_entropy` in chunks
         of `self.loss_chunk_size` tokens, the (B, T, V) logits never exist and `logits` is None (the
         training fast path: less memory at 128k-152k vocabularies, no fp32 logits copy). Without labels
-        the logits are returned either way."""
+        the logits are returned either way.
+
+        `document_masking=True` with `position_ids` that restart at 0 at each document start (what
+        `data_prep.PackedTokenDataset(document_positions=True)` yields): each document of a packed row
+        attends only to itself, as if run alone (see DecoderModel.forward). Costs: eager/SDPA take a
+        (B, 1, T, T) mask (SDPA on CUDA leaves its flash kernel for the memory-efficient one),
+        flash_attention_2 runs its varlen kernel after one host sync per forward."""
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
+            document_masking=document_masking,
         )
         kv = {CACHE_FIELD: getattr(out, CACHE_FIELD)}
         h = out.last_hidden_state  # (B, T, C)
