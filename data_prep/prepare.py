@@ -486,6 +486,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _activate_script() -> str | None:
+    script = Path(sys.prefix) / "bin" / "activate"
+    return str(script) if sys.prefix != sys.base_prefix and script.is_file() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -511,7 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 node_rank=args.node_rank, num_nodes=args.num_nodes, executor=args.executor,
                 shard_tokens=args.shard_tokens, chunk_chars=args.chunk_chars,
                 executor_options={"partition": args.slurm_partition, "time": args.slurm_time,
-                                  "cpus_per_task": args.slurm_cpus_per_task, "venv_path": sys.prefix},
+                                  "cpus_per_task": args.slurm_cpus_per_task,
+                                  # datatrove's sbatch script `source`s this before each task
+                                  "venv_path": _activate_script()},
                 overwrite=args.overwrite, command=["python", "-m", "data_prep.prepare", *argv],
                 progress=not args.no_progress,
             )

@@ -209,3 +209,29 @@ def test_worker_processes_give_identical_shards(tmp_path, small_corpus, tokenize
     two = prepare([str(small_corpus)], tokenizer, tmp_path / "w2", workers=2, **kw)
     for split in ("train", "val"):
         assert two["splits"][split] == one["splits"][split]  # sha256 of every shard included
+
+
+def test_slurm_and_ray_executors(tmp_path, small_corpus, tokenizer, monkeypatch) -> None:
+    from datatrove.executor import SlurmPipelineExecutor
+
+    launched = {}
+
+    def fake_run(self):  # no sbatch here: check what would be submitted
+        launched.update(tasks=self.tasks, partition=self.partition, logging_dir=self.logging_dir.path,
+                        steps=[type(s).__name__ for s in self.pipeline])
+
+    monkeypatch.setattr(SlurmPipelineExecutor, "run", fake_run)
+    kw = dict(seq_len=8, tasks=6, progress=False)
+    with pytest.raises(ValueError, match="--executor slurm needs --slurm-partition"):
+        prepare([str(small_corpus)], tokenizer, tmp_path / "s", executor="slurm", **kw)
+    status = prepare([str(small_corpus)], tokenizer, tmp_path / "s", executor="slurm",
+                     executor_options={"partition": "cpu"}, overwrite=True, **kw)
+    assert launched["tasks"] == 6 and launched["partition"] == "cpu"
+    assert launched["steps"] == ["ReadCorpus", "TokenizeToShards"]
+    assert launched["logging_dir"].endswith(".prepare/datatrove")
+    assert status["complete"] is False and status["missing_tasks"] == list(range(6))
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs the `ray` package: pip install"):
+            prepare([str(small_corpus)], tokenizer, tmp_path / "r", executor="ray", **kw)
