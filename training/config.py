@@ -19,6 +19,8 @@ from typing import Any, Optional
 import yaml
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# accelerate's `log_with` names (accelerate.utils.LoggerType, minus "all"); availability is checked at start
+TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab", "aim")
 NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py holds the behaviour (no torch import here)
 
 
@@ -27,14 +29,15 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------------
     preset: str = "tiny-llama"  # modeling preset name (python -m modeling.describe NAME)
     model_overrides: dict = field(default_factory=dict)  # DecoderConfig field overrides, e.g. {num_hidden_layers: 4}
-    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
-    vocab_size: Optional[int] = None  # None: the data manifest's tokenizer length padded up to a multiple of 128
+    attn_implementation: str = "auto"  # attention kernel; auto: FlashAttention-2 on CUDA with bf16/fp16 if installed, else SDPA
+    vocab_size: Optional[int] = None  # not set: the data manifest's tokenizer length padded up to a multiple of 128
     # --- data --------------------------------------------------------------------------------------
     data_dir: str = "data/demo"  # output of `python -m data_prep.prepare` (token shards + manifest.json)
     seq_len: int = 256  # tokens per training sequence
-    num_workers: Optional[int] = None  # DataLoader workers per rank; None: 2 on CUDA (shard reads overlap the step), 0 on CPU
-    pin_memory: Optional[bool] = None  # page-locked batches (async host-to-device copies); None: on CUDA only
+    num_workers: Optional[int] = None  # DataLoader workers per rank; not set: 2 on CUDA (shard reads overlap the step), 0 on CPU
+    pin_memory: Optional[bool] = None  # page-locked batches (async host-to-device copies); not set: on CUDA only
     verify_data: bool = False  # re-hash every data shard against the manifest's sha256 at start (reads all the data once)
+    document_masking: bool = False  # packed rows attend within their own documents only: position_ids restart at each document start (loader document_positions)
     # --- batch -------------------------------------------------------------------------------------
     micro_batch_size: int = 8  # sequences per rank per forward/backward
     global_batch_size: Optional[int] = None  # sequences per optimizer step over all ranks
@@ -44,13 +47,13 @@ class TrainConfig:
     lr: float = 6e-4  # peak learning rate (after warmup)
     min_lr: float = 6e-5  # final learning rate of the cosine decay
     warmup_iters: int = 100  # linear warmup steps
-    lr_decay_iters: Optional[int] = None  # end of the cosine decay; None: max_iters
+    lr_decay_iters: Optional[int] = None  # end of the cosine decay; not set: max_iters
     weight_decay: float = 0.1  # AdamW decay, applied to >= 2-D weights only
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.95  # AdamW second-moment decay
     adam_eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # global-norm clipping; 0 disables (written into the DeepSpeed config)
-    fused_adamw: Optional[bool] = None  # None: fused kernel when on CUDA
+    fused_adamw: Optional[bool] = None  # not set: fused kernel when on CUDA
     # --- precision and speed -----------------------------------------------------------------------
     precision: str = "auto"  # auto (the accelerate config's mixed_precision) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the model
@@ -61,7 +64,7 @@ class TrainConfig:
     eval_interval: int = 200  # validation loss every N iterations (0: never; always at the end if > 0)
     eval_iters: int = 20  # validation micro-batches per evaluation (per rank)
     harness_interval: int = 0  # lm-eval ARC/OBQA every N iterations on rank 0 (0: never)
-    harness_data_dir: Optional[str] = None  # local ARC/OBQA JSONL dir for harness evals (None: the Hub tasks)
+    harness_data_dir: Optional[str] = None  # local ARC/OBQA JSONL dir for harness evals (not set: the Hub tasks)
     harness_limit: Optional[int] = None  # questions per task for in-training harness evals
     # --- logging, checkpoints, profiling -----------------------------------------------------------
     out_dir: str = "runs/demo"  # log.jsonl and checkpoints/ go here
@@ -70,11 +73,11 @@ class TrainConfig:
     checkpoint_interval: int = 500  # a checkpoint every N iterations (and at the end, and on SIGTERM)
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
     export_hf: bool = True  # also write a native transformers export with the final checkpoint
-    resume: Optional[str] = None  # None | "auto" (newest checkpoint in out_dir, if any) | a checkpoint dir
+    resume: Optional[str] = None  # not set: a fresh run | auto: continue from the newest checkpoint in out_dir, if any | a checkpoint dir
     allow_schedule_change: bool = False  # resume even if lr/min_lr/warmup_iters/decay_iters (max_iters) changed: the new schedule applies from there
     seed: int = 1337  # model init and data order
     dist_timeout_minutes: int = 30  # collective timeout: must outlast rank-0-only work (harness evals, exports)
-    trackers: list = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
+    trackers: list = field(default_factory=list)  # experiment trackers through accelerate, e.g. tensorboard or tensorboard,wandb
     run_name: Optional[str] = None  # tracker run name (default: the out_dir's name)
     profile: bool = False  # torch.profiler trace of a window of iterations into out_dir/profile
     profile_start: int = 5  # first profiled iteration
@@ -112,6 +115,9 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.adam_eps <= 0 or self.grad_clip < 0:
             raise ValueError("need 0 <= beta1, beta2 < 1, adam_eps > 0 and grad_clip >= 0 (0 disables clipping)")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"trackers: unknown {unknown}; choose from {', '.join(TRACKERS)} (comma-separated)")
         if self.nonfinite_policy not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite_policy={self.nonfinite_policy!r}: choose one of {NONFINITE_POLICIES}")
         if self.nonfinite_max_skips <= 0 or self.loss_spike_window < 2 or self.loss_spike_zscore < 0:
@@ -167,10 +173,14 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     """Check `value` against the field's annotated type; ints are accepted where floats are expected."""
     hint = _HINTS[key]
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in allowed:
+        value = None  # `--resume=None` as --help shows the default
     if value is None:
         if type(None) in allowed:
             return None
         raise ValueError(f"{key} in {where} must not be null")
+    if list in allowed and isinstance(value, str):  # --trackers=tensorboard,wandb
+        return [v.strip() for v in value.split(",") if v.strip()]
     for t in allowed:
         origin = typing.get_origin(t) or t
         if origin is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
@@ -214,7 +224,13 @@ def load_config(recipe: Optional[str], overrides: dict[str, Any] | None = None) 
         path = Path(recipe)
         if not path.is_file():
             raise FileNotFoundError(f"recipe {recipe!r} not found; recipes live in training/recipes/*.yaml")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"recipe {recipe} is not valid YAML{where}: {problem}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {recipe} must be a mapping of key: value")
         for key, value in loaded.items():
@@ -228,3 +244,49 @@ def load_config(recipe: Optional[str], overrides: dict[str, Any] | None = None) 
     config = TrainConfig(**values)
     config.validate()
     return config
+
+
+# ----------------------------------------------------------------------------------------------------
+# --help: generated from the dataclass (types, defaults, choices) and the comment on each field
+# ----------------------------------------------------------------------------------------------------
+CHOICES = {"precision": PRECISIONS, "nonfinite_policy": NONFINITE_POLICIES, "trackers": TRACKERS,
+           "attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
+
+
+def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
+    """The one-line description of each field and the section it sits in, read from this file's comments
+    (the comments are the documentation; this keeps them the only copy)."""
+    import re
+
+    docs, sections, section, last = {}, {}, "", None
+    for line in Path(__file__).read_text().split("class TrainConfig", 1)[1].split("def validate", 1)[0].splitlines():
+        if m := re.match(r"\s{4}# --- (.+?) -+$", line):
+            section = m.group(1)
+        elif m := re.match(r"\s{4}(\w+): [^#]*#\s*(.*)$", line):
+            last = m.group(1)
+            docs[last], sections[last] = m.group(2).strip(), section
+        elif (m := re.match(r"\s+#\s{2,}(.*)$", line)) and last:  # a continued comment
+            docs[last] += " " + m.group(1).strip()
+    return docs, sections
+
+
+def _type_name(name: str) -> str:
+    hint = _HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return getattr(args[0], "__name__", str(args[0]))
+
+
+def help_text(header: str) -> str:
+    docs, sections = _field_docs()
+    defaults = TrainConfig().to_dict()
+    lines, section = [header.rstrip(), "", "Recipe keys (YAML `key: value` in --recipe FILE, or --key=value):"], None
+    for name in _FIELDS:
+        if sections.get(name) != section:
+            section = sections.get(name)
+            lines.append(f"\n  {section}:")
+        default = defaults[name]
+        shown = "not set" if default is None else (",".join(default) or "none") if isinstance(default, list) else default
+        choices = f" {{{','.join(CHOICES[name])}}}" if name in CHOICES else ""
+        lines.append(f"    --{name}={_type_name(name).upper()}{choices}  (default: {shown})")
+        lines.append(f"        {docs.get(name, '')}")
+    return "\n".join(lines)

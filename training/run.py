@@ -19,27 +19,30 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch training/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):  # before torch: help in well under a second
+    from training.config import help_text
+
+    print(help_text(__doc__))
+    sys.exit(0)
+
 import torch
 
 from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token,
                       resolve_attn_implementation)
 from training import callbacks as cb
 from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, select_resume
-from training.config import TrainConfig, load_config, parse_overrides
+from training.config import TrainConfig, help_text, load_config, parse_overrides
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
                                   optimizer_offloaded, precision_name, strategy_description)
 from training.nonfinite import EXIT_CODE as NONFINITE_EXIT, LossSpikes, NonFiniteError
 from training.optim import build_optimizer, build_scheduler
 from training.run_lock import OutDirLock
-from training.worker import check_jit_builds, exit_with_launcher
+from training.worker import check_gpus_for_launch_config, check_jit_builds, exit_with_launcher
 from training.trainer import Trainer
 
 logger = logging.getLogger("training")
 _RUN_LOCK: list = []  # the out_dir lock of this process (rank 0), released by the kernel at exit
 
-USAGE = __doc__ + "\nRecipe keys (defaults):\n" + "\n".join(
-    f"  --{name}={value!r}" for name, value in TrainConfig().to_dict().items()
-)
 
 
 def padded_vocab(n: int, multiple: int = 128) -> int:
@@ -92,7 +95,8 @@ def build_data(cfg: TrainConfig, rank: int, world_size: int, cuda: bool):
     # the step runs; on CPU the step is the bottleneck and worker start-up would only slow tests.
     num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
     pin_memory = cfg.pin_memory if cfg.pin_memory is not None else cuda
-    train = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "train", shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
+    train = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "train", shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size,
+                               document_positions=cfg.document_masking)  # + position_ids restarting at each document
     train_loader = build_dataloader(train, cfg.micro_batch_size, num_workers=num_workers, pin_memory=pin_memory)
     val_loader = None
     if "val" in manifest["splits"] and cfg.eval_interval > 0:
@@ -116,7 +120,7 @@ def load_tokenizer(data_dir: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(USAGE)
+        print(help_text(__doc__))
         return 0
     recipe = None
     if "--recipe" in argv:
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if not a.startswith("--recipe=")]
     cfg = load_config(recipe, parse_overrides(argv))
     exit_with_launcher()  # an orphaned worker (launcher killed with -9) gets SIGTERM: checkpoint and exit
+    check_gpus_for_launch_config()
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

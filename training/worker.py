@@ -75,3 +75,46 @@ def check_jit_builds(ops: list[str], announce: bool) -> None:
         if announce and not any(build.glob(f"{op}*.so")):
             logger.warning("building DeepSpeed op %s (first run on this machine only, about 1-2 minutes) into %s",
                            op, build)
+
+
+def launch_config_file() -> Path | None:
+    """The --config_file that `accelerate launch` was given, read from the launcher's command line (the
+    workers' parent): accelerate passes the file's settings on as environment variables but not whether
+    it asked for GPUs."""
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--config_file="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def check_gpus_for_launch_config() -> None:
+    """A GPU config (one that names `gpu_ids`) launched on a machine with fewer GPUs than processes used to
+    start that many CPU processes and finish 'successfully'. Refuse it, naming both numbers."""
+    if not launched_by_torchrun():
+        return
+    path = launch_config_file()
+    if path is None or not path.is_file():
+        return
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return  # accelerate itself read it; nothing to say here
+    if "gpu_ids" not in config or str(config.get("use_cpu", "false")).lower() == "true":
+        return
+    import torch
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    have = torch.cuda.device_count()
+    if have < local:
+        raise ValueError(
+            f"{path} runs {local} processes on one GPU each, this machine has {have} GPU(s); on a machine "
+            "without GPUs use accelerate_configs/cpu.yaml (or cpu_ddp.yaml), else set num_processes to the GPU count"
+        )

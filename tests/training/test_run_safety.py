@@ -166,7 +166,10 @@ def test_workers_exit_when_the_launcher_is_killed(demo_data, tmp_path):
             time.sleep(0.5)
         assert not any(_alive(w) for w in workers), "orphaned workers still running 60 s after the launcher died"
     finally:
-        os.killpg(launcher.pid, signal.SIGKILL)
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the whole group is gone: what the test wants
     assert [r["reason"] for r in read_log(tmp_path) if r["type"] == "checkpoint"] == ["preempted"]
 
 
@@ -177,8 +180,7 @@ def test_stale_deepspeed_build_lock_is_removed_and_the_run_starts(demo_data, tmp
 
     real = extensions_root() / "deepspeed_shm_comm"
     cache = tmp_path / "ext"
-    sub = extensions_root().name
-    op_dir = cache / sub / "deepspeed_shm_comm"
+    op_dir = cache / "deepspeed_shm_comm"  # with TORCH_EXTENSIONS_DIR set, ops are built directly below it
     op_dir.mkdir(parents=True)
     if real.is_dir():  # reuse the machine's build so the test does not spend 2 minutes compiling
         for f in real.iterdir():
