@@ -81,18 +81,15 @@ def _config_for_card(model: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # The export folder
 # ----------------------------------------------------------------------------------------------
-def _finish_generation_config(folder: Path, tokenizer: Any) -> None:
-    """generation_config.json with bos/eos/pad ids, from the tokenizer where the config lacks them."""
-    from transformers import GenerationConfig
-
-    try:
-        gen = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        gen = GenerationConfig()
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if getattr(gen, attr, None) is None and getattr(tokenizer, attr, None) is not None:
-            setattr(gen, attr, getattr(tokenizer, attr))
-    gen.save_pretrained(folder)
+def trained_context(training: dict[str, Any], model: Any) -> int | None:
+    """The context the model was trained at: the run's seq_len, else the config's position limit."""
+    if isinstance(training.get("seq_len"), int):
+        return training["seq_len"]
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(config, attr, None), int):
+            return getattr(config, attr)
+    return None
 
 
 def _portable_tokenizer_config(folder: Path) -> None:
@@ -119,6 +116,7 @@ def build_export(
     """Write the upload folder `out` (atomically: a failure leaves no half-built folder)."""
     import torch
     import modeling
+    from modeling.hf_export import finish_export
 
     evaluation, eval_path = find_eval_results(resolved, eval_results)
     if evaluation is None:
@@ -133,14 +131,16 @@ def build_export(
     training = training_summary(resolved.run_dir, resolved.trainer_state)
     all_datasets = list(dict.fromkeys([*datasets, *training["datasets"]]))
 
+    max_length = trained_context(training, model)
+
     def fill(folder: Path) -> None:
         if isinstance(model, modeling.DecoderForCausalLM):
             as_native(model, resolved.model)  # raises EvalError naming the field if not exportable
-            modeling.export_hf(model, folder, tokenizer=tokenizer)
+            modeling.export_hf(model, folder, tokenizer=tokenizer, max_length=max_length)
         else:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
-        _finish_generation_config(folder, tokenizer)
+            finish_export(folder, tokenizer, max_length)  # special-token ids, model_max_length
         _portable_tokenizer_config(folder)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         card = render_model_card(

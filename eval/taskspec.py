@@ -1,10 +1,12 @@
 """The three benchmarks, and how to build lm-eval Task objects for them from the Hub or local files.
 
 Hub mode uses lm-eval's own task definitions (datasets `allenai/ai2_arc`, `allenai/openbookqa`).
-Local mode (`--data-dir`) uses the YAML twins in `eval/tasks/` with `dataset_path: json`: each
-file is validated and normalised into a scratch dir first (see `data.py`), and the YAML's
-`data_files.test` is pointed at that copy. Both modes register the same task names, so results
-files and comparisons line up whatever the data source.
+Local mode (`--data-dir`) uses the YAML twins in `eval/tasks/` (`llmstack_arc_easy`, ...: their own
+names, so lm-eval's CLI can load them beside its built-in tasks): each file is validated and
+normalised into a scratch dir first (see `data.py`) and read with lm-eval's `json` loader. Both
+modes register the benchmark's own name here (`arc_easy`, ...), so results files and comparisons
+line up whatever the data source. lm-eval's own CLI reads the same YAMLs through
+`eval/tasks/local_data.py` (README, "Evaluate and publish").
 """
 
 from __future__ import annotations
@@ -58,18 +60,28 @@ def parse_task_names(tasks: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+LOCAL_TASK_PREFIX = "llmstack_"  # eval/tasks/<name>.yaml registers task llmstack_<name> for lm-eval's CLI
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """safe_load that keeps lm-eval's `!function module.name` tags as plain strings."""
+
+
+_YamlLoader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+
+
 def local_task_config(name: str) -> dict[str, Any]:
-    """The shipped YAML of task `name`, as a dict."""
+    """The shipped YAML of benchmark `name` (eval/tasks/<name>.yaml, task llmstack_<name>), as a dict."""
     path = TASK_YAML_DIR / f"{name}.yaml"
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
     except yaml.YAMLError as e:
         raise EvalError(f"{path}: invalid YAML ({e}). Restore it from git.") from e
 
 
 def data_file_name(name: str) -> str:
     """The file name task `name` reads from --data-dir (declared in its YAML)."""
-    return local_task_config(name)["dataset_kwargs"]["data_files"]["test"]
+    return local_task_config(name)["dataset_kwargs"]["data_file"]
 
 
 def local_task_configs(names: Sequence[str], data_dir: str | Path, scratch: Path) -> list[dict[str, Any]]:
@@ -83,6 +95,12 @@ def local_task_configs(names: Sequence[str], data_dir: str | Path, scratch: Path
     configs = []
     for name in names:
         cfg = local_task_config(name)
+        # Registered under the benchmark's own name (only our tasks are indexed here: nothing is
+        # shadowed), read with lm-eval's json loader from the validated copy.
+        cfg["task"] = name
+        cfg.pop("tag", None)
+        cfg.pop("custom_dataset", None)
+        cfg["dataset_path"] = "json"
         source = sources[name]
         records = read_questions(source, TASKS[name].question_field)
         copy = scratch / "data" / source.name

@@ -55,6 +55,11 @@ def test_dry_run_folder_has_the_native_files(export):
     tok_config = json.loads((export / "tokenizer_config.json").read_text())
     assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert "local_files_only" not in tok_config
+    # generation stops at the tokenizer's EOS; the tokenizer knows the trained context (the run's seq_len)
+    gen = json.loads((export / "generation_config.json").read_text())
+    for fields in (config, gen):
+        assert (fields["bos_token_id"], fields["eos_token_id"], fields["pad_token_id"]) == (1, 0, 2)
+    assert tok_config["model_max_length"] == 128
 
 
 def test_dry_run_folder_loads_with_plain_transformers_in_a_fresh_process(export, checkpoint, tokenizer, tmp_path):

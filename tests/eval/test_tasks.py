@@ -32,7 +32,8 @@ def _builtin(name: str) -> dict:
 @pytest.mark.parametrize("name", list(TASKS))
 def test_local_yaml_mirrors_lm_eval_builtin(name):
     ours, theirs = local_task_config(name), _builtin(name)
-    assert ours["task"] == theirs["task"] == name
+    assert theirs["task"] == name and ours["task"] == f"llmstack_{name}"  # its own name: shadows nothing
+    assert ours["custom_dataset"] == "!function local_data.load" and "llmstack" in ours["tag"]
     for key in SAME:
         assert ours.get(key) == theirs.get(key), key
     assert ours["metadata"]["version"] == theirs["metadata"]["version"]
