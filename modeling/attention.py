@@ -56,8 +56,9 @@ class Documents:
 
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) positions restarting at 0 at each document start -> (B, T) document index within the row:
-    [[0, 1, 2, 0, 1, 0]] -> [[0, 0, 0, 1, 1, 2]] (tokens before a row's first 0 count as document 0)."""
-    return (position_ids == 0).long().cumsum(-1)  # a leading 0 makes the first document 1: only equality matters
+    [[0, 1, 2, 0, 1, 0]] -> [[1, 1, 1, 2, 2, 3]]; tokens before a row's first 0 are document 0. Only
+    equality between ids matters."""
+    return (position_ids == 0).long().cumsum(-1)
 
 
 def documents_from_position_ids(position_ids: torch.Tensor, attn_implementation: str) -> Documents:

@@ -127,14 +127,15 @@ class Trainer:
         grad_norm, applied = None, True
         for _ in range(self.grad_accum_steps):
             with nvtx("data_fetch"):
-                x, y = next(self._batches)
+                x, y, *pos = next(self._batches)  # pos: [position_ids] under document_masking
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                docs = {"position_ids": pos[0].to(device, non_blocking=True), "document_masking": True} if pos else {}
             # accumulate(): no gradient all-reduce until the last micro-batch (DDP no_sync; the
             # DeepSpeed engine is told the accumulation boundary). Losses are scaled by 1/steps.
             with self.accelerator.accumulate(self.model):
                 with nvtx("forward"):
                     # chunked LM-head loss: the full (tokens x vocab) fp32 logits never exist
-                    loss = self.model(input_ids=x, shift_labels=y, return_logits=False).loss
+                    loss = self.model(input_ids=x, shift_labels=y, return_logits=False, **docs).loss
                     if self.state.iter + 1 in self._nan_iters:
                         loss = loss * float("nan")
                 loss_sum += loss.detach()
