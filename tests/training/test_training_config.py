@@ -106,6 +106,7 @@ def test_lr_schedule_does_not_advance_on_skipped_fp16_steps(monkeypatch, overflo
     t = trainer_mod.Trainer.__new__(trainer_mod.Trainer)
     t.cfg = types.SimpleNamespace(grad_clip=0.0)
     t.callbacks = []
+    t.guard = trainer_mod.NonFiniteGuard("stop", 10, torch.device("cpu"))
     t.accelerator = types.SimpleNamespace(mixed_precision="fp16", scaler=scaler, backward=lambda loss: None,
                                           optimizer_step_was_skipped=False)  # what accelerate says with fused AdamW
     t.optimizer = types.SimpleNamespace(step=step, zero_grad=lambda set_to_none: None)
@@ -114,15 +115,74 @@ def test_lr_schedule_does_not_advance_on_skipped_fp16_steps(monkeypatch, overflo
 
 
 @pytest.mark.parametrize("applied", [True, False])
-def test_deepspeed_fp16_skips_are_read_from_the_engine(monkeypatch, applied):
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "no"])
+def test_deepspeed_skips_are_read_from_the_engine(monkeypatch, applied, precision):
+    """DeepSpeed's ZeRO optimizers skip a step whose gradient norm is non-finite in every precision (fp16:
+    loss-scale overflow too) and say so through was_step_applied(), a host bool: the trainer takes its
+    answer for the LR schedule and the non-finite guard."""
     import types
 
     from training import trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod, "is_deepspeed", lambda acc: True)
     t = trainer_mod.Trainer.__new__(trainer_mod.Trainer)
-    t.accelerator = types.SimpleNamespace(mixed_precision="fp16")
-    t.model = types.SimpleNamespace(was_step_applied=lambda: applied)
-    assert t._step_was_applied() is applied
-    t.accelerator = types.SimpleNamespace(mixed_precision="bf16")  # no loss scaling: nothing to ask
-    assert t._step_was_applied() is True
+    t.callbacks = []
+    t.guard = trainer_mod.NonFiniteGuard("stop", 10, torch.device("cpu"))
+    t.accelerator = types.SimpleNamespace(mixed_precision=precision)
+    t.model = types.SimpleNamespace(set_gradient_accumulation_boundary=lambda is_boundary: None,
+                                    backward=lambda loss: None, step=lambda: None,
+                                    was_step_applied=lambda: applied, optimizer=types.SimpleNamespace(overflow=False))
+    assert t._backward_and_step(torch.zeros(())) == (None, applied)
+    assert t._step_was_applied() is True  # nothing more to ask: the engine answered above
+
+
+def test_help_lists_every_key_with_type_default_and_doc_without_importing_torch():
+    import subprocess
+    import sys
+    import time
+
+    from training.config import _FIELDS
+
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-X", "importtime", "training/run.py", "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert time.perf_counter() - start < 10
+    assert " torch" not in {line.rsplit("|", 1)[-1].rstrip() for line in res.stderr.splitlines()}  # no torch import
+    lines = res.stdout.splitlines()
+    for name in _FIELDS:
+        i = next(k for k, line in enumerate(lines) if line.strip().startswith(f"--{name}="))
+        assert "(default: " in lines[i] and lines[i + 1].strip(), name  # a default and a description
+    assert "--nonfinite_policy=STR {stop,skip}  (default: stop)" in res.stdout
+    assert "--resume=STR  (default: not set)" in res.stdout and "None" not in res.stdout.split("Recipe keys")[1].split("--resume")[1].splitlines()[0]
+
+
+def test_trackers_take_a_comma_list_and_unknown_names_are_refused():
+    assert load_config(None, parse_overrides(["--trackers=tensorboard,wandb"])).trackers == ["tensorboard", "wandb"]
+    assert load_config(None, parse_overrides(["--trackers=tensorboard"])).trackers == ["tensorboard"]
+    assert load_config(None, parse_overrides(["--resume=None"])).resume is None  # the default --help shows
+    with pytest.raises(ValueError, match="trackers: unknown \\['tensorbored'\\]"):
+        load_config(None, parse_overrides(["--trackers=tensorbored"]))
+
+
+def test_broken_recipe_yaml_is_one_line_naming_the_position(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: tiny-llama\nmodel_overrides: {hidden_size: 64\nlr: 1e-3\n")
+    with pytest.raises(ValueError, match=r"r.yaml is not valid YAML at line \d+, column \d+") as info:
+        load_config(str(recipe))
+    assert "\n" not in str(info.value)
+
+
+def test_gpu_launch_config_without_gpus_is_refused(tmp_path, monkeypatch):
+    """accelerate_configs/8xb200.yaml on a CPU machine used to start 8 CPU processes and exit 0."""
+    import training.worker as worker
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.setattr(worker, "launch_config_file", lambda: repo / "accelerate_configs" / "8xb200.yaml")
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    with pytest.raises(ValueError, match="runs 8 processes on one GPU each, this machine has 0 GPU"):
+        worker.check_gpus_for_launch_config()
+    monkeypatch.setattr(worker, "launch_config_file", lambda: repo / "accelerate_configs" / "cpu.yaml")
+    worker.check_gpus_for_launch_config()  # the CPU config names no gpu_ids: fine
