@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import fcntl
 import json
@@ -69,32 +68,32 @@ CHAT_EOS_TO_DOCUMENT_EOS = {
 DEFAULT_SHARD_TOKENS = 1 << 28  # 268M tokens: 512 MiB (uint16) / 1 GiB (uint32) per shard
 
 
-def resolve_separator(tok: Any, eos_token: str | None) -> tuple[Any, list[str]]:
-    """The tokenizer whose eos is the document separator, and notes for the manifest.
+def resolve_separator(tok: Any, eos_token: str | None) -> tuple[str, int, list[str]]:
+    """The document separator (token, id) and notes for the manifest.
 
-    Returns `tok` itself or a copy with eos_token changed (the copy in DIR/tokenizer/ must name the
-    separator the data holds; the caller's tokenizer is left alone).
+    The caller's tokenizer is left alone; the copy in DIR/tokenizer/ names the separator as its
+    eos (`save_tokenizer(..., eos_token=)`), so the data directory says what the data holds.
     """
     notes: list[str] = []
-    vocab = tok.get_vocab()
+    backend = tok.backend_tokenizer  # token_to_id: no 150k-entry get_vocab() dict per lookup
     if eos_token is None and tok.eos_token in CHAT_EOS_TO_DOCUMENT_EOS:
         doc_eos = CHAT_EOS_TO_DOCUMENT_EOS[tok.eos_token]
-        if doc_eos in vocab:
+        if backend.token_to_id(doc_eos) is not None:
             notes.append(f"the tokenizer's eos {tok.eos_token!r} ends a chat turn; documents are "
                          f"separated by its end-of-text token {doc_eos!r} instead (--eos-token overrides)")
             log.info(notes[-1])
             eos_token = doc_eos
-    if eos_token is not None and eos_token != tok.eos_token:
-        if eos_token not in vocab:
-            raise ValueError(f"--eos-token {eos_token!r} is not in the tokenizer's vocabulary.")
-        tok = copy.deepcopy(tok)
-        tok.eos_token = eos_token
-    if tok.eos_token_id is None:
-        raise ValueError(
-            f"tokenizer {tok.name_or_path!r} has no eos_token, which prepare appends after every "
-            "document. Pass --eos-token with a token of its vocabulary."
-        )
-    return tok, notes
+    if eos_token is None:
+        if tok.eos_token_id is None:
+            raise ValueError(
+                f"tokenizer {tok.name_or_path!r} has no eos_token, which prepare appends after every "
+                "document. Pass --eos-token with a token of its vocabulary."
+            )
+        return tok.eos_token, int(tok.eos_token_id), notes
+    eos_id = backend.token_to_id(eos_token)
+    if eos_id is None:
+        raise ValueError(f"--eos-token {eos_token!r} is not in the tokenizer's vocabulary.")
+    return eos_token, int(eos_id), notes
 
 
 def expects_bos(tok: Any) -> bool:
@@ -174,14 +173,14 @@ def prepare(
     # Inputs first: a typo in a path should fail before a large tokenizer is loaded.
     units, sources = resolve_inputs(inputs, read_options)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-    tok, notes = resolve_separator(tok, eos_token)
+    sep_token, eos_id, notes = resolve_separator(tok, eos_token)
     if add_bos is None:
         add_bos = expects_bos(tok)
     if add_bos and tok.bos_token_id is None:
         raise ValueError(f"--add-bos: tokenizer {tok.name_or_path!r} has no bos_token.")
-    ident = tokenizer_identity(tok)
+    ident = {**tokenizer_identity(tok), "eos_token": sep_token, "eos_id": eos_id}
     dtype_name = dtype_for_vocab(ident["vocab_size"], dtype)
-    eos_id, bos_id = int(tok.eos_token_id), (int(tok.bos_token_id) if add_bos else None)
+    bos_id = int(tok.bos_token_id) if add_bos else None
     has_val = val_fraction > 0 or any(u.split == "val" for u in units)
     splits = [s for s in SPLITS if s == "train" or has_val]
     task_budget = None if max_tokens is None else math.ceil(max_tokens / tasks)
@@ -213,7 +212,7 @@ def prepare(
     out = Path(out_dir)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     with _exclusive(out, node_rank):
-        _start_or_resume(out, run, tok, overwrite)
+        _start_or_resume(out, run, tok, sep_token, overwrite)
         reader = ReadCorpus(units, read_options)
         writer = TokenizeToShards(
             str(out.resolve()), tok.backend_tokenizer.to_str(), reader, dtype=DTYPES[dtype_name].name,
@@ -303,7 +302,7 @@ def _changed(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if canon(old.get(k)) != canon(new.get(k)))
 
 
-def _start_or_resume(out: Path, run: dict[str, Any], tok: Any, overwrite: bool) -> None:
+def _start_or_resume(out: Path, run: dict[str, Any], tok: Any, sep_token: str, overwrite: bool) -> None:
     run_path = out / STATE_DIR / RUN_NAME
     fresh = json.loads(json.dumps(run, default=str))  # as it will read back from disk
     if not overwrite and run_path.is_file():
@@ -337,7 +336,7 @@ def _start_or_resume(out: Path, run: dict[str, Any], tok: Any, overwrite: bool) 
         shutil.rmtree(out / d, ignore_errors=True)
     for d in ("tasks", "datatrove"):
         shutil.rmtree(out / STATE_DIR / d, ignore_errors=True)
-    save_tokenizer(tok, out / TOKENIZER_DIR)
+    save_tokenizer(tok, out / TOKENIZER_DIR, eos_token=sep_token)
     atomic_write_json(run_path, fresh)  # last: its presence means "a run with these settings"
 
 
