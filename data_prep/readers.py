@@ -1,17 +1,20 @@
-"""Readers: one corpus unit (a local file or one split of a Hugging Face dataset) -> documents.
+"""Readers: one corpus unit (a file or one split of a Hugging Face dataset) -> documents.
 
 Every reader is a small class with two methods:
   documents() -> Iterator[str | None]   the documents in order (None marks an empty record, which
                                          the caller skips and counts)
   position()  -> JSON-serialisable       where the reader stands after the last document it yielded
-A reader built with `start=position()` yields exactly the documents that followed. That is how an
-interrupted `prepare` resumes without duplicating or losing a document: local files resume at a
-byte offset (seek, no re-reading), Parquet at a row (whole row groups are skipped via metadata),
-Hub datasets at a row (or the `datasets` iterator state for streaming).
+A reader built with `start=position()` yields exactly the documents that followed, without
+duplicating or losing one: plain local files resume at a byte offset (seek, no re-reading),
+compressed or remote ones by reading forward to it, Parquet at a row (whole row groups are skipped
+via metadata), Hub datasets at a row (or the `datasets` iterator state for streaming). (`prepare`
+itself restarts an interrupted task from its start: its tasks are small and deterministic.)
 
 Files are local paths or fsspec URLs (hf://datasets/..., s3://...); .zst/.gz are decompressed
-while streaming. Files are processed as bytes and decoded one record at a time, so memory stays bounded by the
-block size plus one record, and undecodable bytes are replaced (U+FFFD) and counted, never fatal.
+while streaming. Files are processed as bytes and decoded one record at a time, so memory stays
+bounded by the block size plus one record, and undecodable bytes are replaced (U+FFFD) and
+counted, never fatal. Bad records (invalid JSON, a missing or non-text field) stop the run with a
+one-line error naming the file, the byte offset and the fix, rather than being skipped silently.
 """
 
 from __future__ import annotations
