@@ -123,8 +123,8 @@ def resolve_checkpoint(spec: str | Path) -> ResolvedCheckpoint:
             latest = _latest_checkpoint(path)
             if latest is None:
                 raise EvalError(
-                    f"{path}/checkpoints has no complete, intact checkpoint (iter_XXXXXX/ with manifest.json and "
-                    "model/). Wait for the first checkpoint of the run, or pass a checkpoint directory."
+                    f"{path}/checkpoints has no complete checkpoint with intact model files (iter_XXXXXX/ with "
+                    "manifest.json and model/). Wait for the first checkpoint of the run, or pass a checkpoint directory."
                 )
             log.info("run dir %s: using its latest checkpoint %s", path, latest.name)
             resolved = _from_training_checkpoint(spec, latest, verified=True)

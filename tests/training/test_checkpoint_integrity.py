@@ -58,6 +58,8 @@ def test_every_checkpoint_has_a_manifest_of_all_its_files(reference):
         assert not any(n.endswith("custom_checkpoint_0.pkl") for n in manifest)  # the scheduler is JSON now
         assert layout.verify(ckpt) == []
     assert not list((reference / "checkpoints").glob("*.tmp"))
+    saves = [r for r in read_log(reference) if r["type"] == "checkpoint"]
+    assert [r["iter"] for r in saves] == [2, 4] and all(r["bytes"] > 1_000_000 for r in saves)
 
 
 def test_auto_resume_skips_a_corrupted_model_file_and_continues_exactly(demo_data, run_copy, reference):
