@@ -178,7 +178,7 @@ class PackedTokenDataset(IterableDataset):
         self.document_positions = document_positions
         self._next_sample = 0  # global index of the next sample (the resume position g)
         self._resume_pending = False
-        self._open: collections.OrderedDict[str, np.memmap] = collections.OrderedDict()  # see _memmap
+        self._open: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()  # see _memmap
         self._perm: Permutation | None = None  # the current epoch's (cached: one epoch is long)
         self._perm_epoch = -1
 
@@ -204,7 +204,7 @@ class PackedTokenDataset(IterableDataset):
         state["_open"] = collections.OrderedDict()
         return state
 
-    def _memmap(self, file: str, dtype: np.dtype) -> np.memmap:
+    def _memmap(self, file: str, dtype: np.dtype) -> np.ndarray:
         """The shard or index file `file`, memory-mapped, from a bounded LRU of open maps.
 
         Each map holds a file descriptor, and a shuffled stream touches every shard (hundreds to
@@ -217,13 +217,14 @@ class PackedTokenDataset(IterableDataset):
             return mm
         if len(self._open) >= _max_open_maps():
             self._open.popitem(last=False)
-        mm = self._open[file] = np.memmap(self.path / file, dtype=dtype, mode="r")
+        # A plain ndarray view: slicing an np.memmap runs its Python __array_finalize__ per slice.
+        mm = self._open[file] = np.memmap(self.path / file, dtype=dtype, mode="r").view(np.ndarray)
         return mm
 
-    def _tokens(self, s: int) -> np.memmap:
+    def _tokens(self, s: int) -> np.ndarray:
         return self._memmap(self.shards[s]["file"], self.dtype)
 
-    def _doc_ends(self, s: int) -> np.memmap | None:
+    def _doc_ends(self, s: int) -> np.ndarray | None:
         index = self.shards[s].get("index")
         return self._memmap(index, _INDEX_DTYPE) if index else None
 
@@ -250,9 +251,9 @@ class PackedTokenDataset(IterableDataset):
             rows[b] = self._tokens(s)[start : start + T + 1]
         if rows.size and int(rows.max()) >= self.vocab_size:  # one reduction per batch
             self._raise_bad_token(rows, where)
-        t = torch.from_numpy(rows.astype(np.int64))
-        # Contiguous copies: labels.view(-1) in the loss must not fail on a strided view.
-        out = (t[:, :-1].contiguous(), t[:, 1:].contiguous())  # (B, T), (B, T)
+        # Each widened straight into its own contiguous array (labels.view(-1) in the loss must not
+        # meet a strided view): two copies, not a widened copy plus two slices of it.
+        out = (torch.from_numpy(rows[:, :-1].astype(np.int64)), torch.from_numpy(rows[:, 1:].astype(np.int64)))
         if self.document_positions:
             pos = np.stack([self._positions(s, start, rows[b, :T]) for b, (s, start) in enumerate(where)])
             out += (torch.from_numpy(pos),)  # (B, T)

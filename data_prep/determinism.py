@@ -77,7 +77,11 @@ class Permutation:
         half, mask = self._half, self._mask
         left, right = x >> half, x & mask
         for key in self._keys:
-            left, right = right, left ^ (_splitmix64(right ^ key) & mask)
+            # round function: _splitmix64(right ^ key), inlined (the loader's hot path)
+            z = ((right ^ key) + _GOLDEN) & _MASK64
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            left, right = right, left ^ ((z ^ (z >> 31)) & mask)
         return (left << half) | right
 
     def __call__(self, index: int) -> int:
