@@ -22,6 +22,7 @@ from modeling import mfu
 
 from . import checkpoint
 from .distributed import is_deepspeed, params_are_sharded, zero_stage
+from .console import format_record
 from .nonfinite import LossSpikes
 
 logger = logging.getLogger("training")
@@ -33,6 +34,8 @@ class JsonlLogger:
 
     def __init__(self, out_dir: str):
         self.path = Path(out_dir) / "log.jsonl"
+        self.max_iters = 0
+        self._start: Optional[tuple[float, int]] = None  # (wall time, iteration) when this session began
 
     def on_train_start(self, trainer) -> None:
         acc = trainer.accelerator
@@ -43,6 +46,8 @@ class JsonlLogger:
             self._truncate_after(trainer.state.iter)  # the killed run logged past its last checkpoint
         elif self.path.exists():  # a fresh run in a reused out_dir: keep the old log aside, never mix them
             os.replace(self.path, self.path.with_name(f"log.{int(self.path.stat().st_mtime)}.jsonl"))
+        self.max_iters = trainer.cfg.max_iters
+        self._start = (time.perf_counter(), trainer.state.iter)
         self.write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
         if trainer.cfg.trackers:
             acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name,
@@ -65,10 +70,14 @@ class JsonlLogger:
         record = {"type": record["type"], "time": round(time.time(), 3), **{k: v for k, v in record.items() if k != "type"}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if record["type"] == "train":
-            logger.info(_console_line(record))
-        elif record["type"] != "config":
-            logger.info("%s", {k: v for k, v in record.items() if k != "time"})
+        elapsed = eta = None
+        if record["type"] == "train" and self._start is not None:
+            elapsed = time.perf_counter() - self._start[0]
+            done = record["iter"] - self._start[1]
+            eta = elapsed / done * (self.max_iters - record["iter"]) if done > 0 else None
+        line = format_record(record, self.max_iters, elapsed, eta)
+        if line:
+            logger.info(line)
 
     def on_train_abort(self, trainer) -> None:
         # Trackers are finished here only when the run dies; a run that ends well finishes them in
@@ -76,19 +85,6 @@ class JsonlLogger:
         # checkpoint's collectives still need: called from a callback it cost the final checkpoint).
         for tracker in trainer.accelerator.trackers:
             tracker.finish()
-
-
-def _console_line(r: dict) -> str:
-    parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"lr {r['lr']:.2e}"]
-    if r.get("grad_norm") is not None:
-        parts.append(f"gnorm {r['grad_norm']:.3f}")
-    parts.append(f"{r['tokens_per_sec']:,.0f} tok/s")
-    if r.get("mfu") is not None:
-        parts.append(f"mfu {100 * r['mfu']:.1f}%")
-    parts.append(f"{r['time_ms']:.0f} ms/it")
-    if r.get("mem_peak_gb") is not None:
-        parts.append(f"mem {r['mem_peak_gb']:.2f} GB")
-    return " | ".join(parts)
 
 
 def _main_only_write(trainer, record: dict) -> None:

@@ -27,6 +27,10 @@ if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):  # before to
 
 import torch
 
+from training.console import quiet_deepspeed_import, setup_console
+
+quiet_deepspeed_import()  # before anything imports deepspeed
+
 from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token,
                       resolve_attn_implementation)
 from training import callbacks as cb
@@ -103,7 +107,8 @@ def build_data(cfg: TrainConfig, rank: int, world_size: int, cuda: bool):
         # Finite (one pass, in order): every evaluation restarts at the first batch, and a resume
         # (which restores only the train loader) changes nothing. No workers: they would be started
         # afresh at every evaluation to read a few batches.
-        val = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "val", shuffle=False, rank=rank, world_size=world_size)
+        val = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "val", shuffle=False, rank=rank, world_size=world_size,
+                                 document_positions=cfg.document_masking)  # scored with the training attention
         val_loader = build_dataloader(val, cfg.micro_batch_size, pin_memory=pin_memory)
     return manifest, train_loader, val_loader
 
@@ -133,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_with_launcher()  # an orphaned worker (launcher killed with -9) gets SIGTERM: checkpoint and exit
     check_gpus_for_launch_config()
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_console(rank)
     if rank == 0:  # held until this process exits: a second run into out_dir is refused
         _RUN_LOCK.append(OutDirLock(cfg.out_dir).acquire())
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
