@@ -6,6 +6,10 @@
 # Outputs: data/demo/ (token shards + manifest) and runs/demo/ (log.jsonl, checkpoints/, analysis/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One thread per rank (2 ranks on 2 cores); set here, torchrun also stops printing its OMP_NUM_THREADS notice.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# The demo runs on the CPU: saying so keeps DeepSpeed from warning that it found no GPU.
+export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 DATA=${DATA:-data/demo}
 OUT=${OUT:-runs/demo}
 

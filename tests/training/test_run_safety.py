@@ -203,6 +203,9 @@ def test_tensorboard_tracker_with_2_processes_keeps_the_final_checkpoint(demo_da
                              "--max_iters=4", "--trackers=[tensorboard]")
     assert code == 0, failure(log)
     assert _checkpoints(tmp_path) == ["iter_000004"]
+    # the console: one format, rank 0 only, no raw records, no per-rank DeepSpeed import warning
+    assert "iter 4/4 | loss" in log and "iter 4/4 | checkpoint iter_000004 (final)" in log
+    assert "{'type'" not in log and log.count("Setting accelerator to CPU") <= 1  # at most the launcher's own
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
