@@ -223,8 +223,11 @@ class Trainer:
         device = self.accelerator.device
         total, seqs = torch.zeros((), device=device), torch.zeros((), device=device)
         # zip with the range first: stops after eval_iters batches without fetching one more
-        for _, (x, y, *_) in zip(range(self.cfg.eval_iters), self.val_loader):
-            loss = self.model(input_ids=x.to(device, non_blocking=True), shift_labels=y.to(device, non_blocking=True)).loss
+        for _, (x, y, *pos) in zip(range(self.cfg.eval_iters), self.val_loader):
+            # under document_masking the val loader yields position_ids too: scored as trained
+            docs = {"position_ids": pos[0].to(device, non_blocking=True), "document_masking": True} if pos else {}
+            loss = self.model(input_ids=x.to(device, non_blocking=True), shift_labels=y.to(device, non_blocking=True),
+                              **docs).loss
             total += loss * x.shape[0]
             seqs += x.shape[0]
         # Summed over ranks, weighted by sequences: a short last batch, or a rank with fewer val

@@ -40,9 +40,11 @@ class RecordingModel(torch.nn.Module):
         self.emb = torch.nn.Embedding(VOCAB, 8)
         self.head = torch.nn.Linear(8, VOCAB)
         self.seen: list[torch.Tensor] = []
+        self.kwargs: list[dict] = []
 
-    def forward(self, input_ids, shift_labels, **_):
+    def forward(self, input_ids, shift_labels, **kwargs):
         self.seen.append(input_ids.clone())
+        self.kwargs.append(kwargs)
         logits = self.head(self.emb(input_ids))
         return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), shift_labels.view(-1)))
 
@@ -92,6 +94,18 @@ def test_evaluation_with_fewer_val_batches_than_eval_iters(data: Path) -> None:
     _, _, val_loader = build_data(cfg, 0, 1, cuda=False)
     loss, seen = evaluate(evaluator(cfg, val_loader))
     assert len(seen) == len(val_loader) and np.isfinite(loss)  # one pass, then it stops
+
+
+def test_validation_under_document_masking_is_scored_with_document_positions(data: Path) -> None:
+    cfg = config(data, document_masking=True)
+    _, train_loader, val_loader = build_data(cfg, 0, 1, cuda=False)
+    assert len(next(iter(train_loader))) == len(next(iter(val_loader))) == 3  # (input_ids, labels, position_ids)
+    trainer = evaluator(cfg, val_loader)
+    evaluate(trainer)
+    expected = [batch[2] for _, batch in zip(range(cfg.eval_iters), val_loader)]
+    got = trainer.model.kwargs
+    assert len(got) == cfg.eval_iters and all(k["document_masking"] for k in got)
+    assert all(torch.equal(k["position_ids"], p) for k, p in zip(got, expected))
 
 
 def test_loader_defaults_follow_the_device(data: Path) -> None:
