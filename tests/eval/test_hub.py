@@ -184,7 +184,7 @@ def test_upload_reaches_the_endpoint_with_the_token_only_in_the_header(checkpoin
 
     from eval.hub import main as hub_main
 
-    ckpt = tmp_path / "ckpt"
+    ckpt = tmp_path / "iter_000008"  # a complete checkpoint is named iter_N (training/checkpoint_layout.py)
     shutil.copytree(checkpoint, ckpt)
     shutil.copy(harness_run["json"], ckpt / "eval_results.json")  # found next to the checkpoint
     out = tmp_path / "export"

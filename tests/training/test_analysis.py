@@ -114,3 +114,74 @@ def test_cli(cut_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["runs"][0]["train_time_s"] == pytest.approx(1.0)
     assert main([str(tmp_path / "missing")]) == 2
     assert "no run log" in capsys.readouterr().err
+
+
+def _config(name, tokens_per_iter, seqs, mem_kind="process_rss", **extra):
+    return {"type": "config", "run_name": name, "max_iters": 40, "tokens_per_iter": tokens_per_iter,
+            "global_batch_sequences": seqs, "seq_len": tokens_per_iter // seqs, "precision": "bf16", "world_size": 2,
+            "device": "cpu", "distributed_type": "DEEPSPEED", "ds_stage": 1, "n_params": 360768,
+            "model": {"preset": "tiny-llama", "hidden_size": 64}, "mem_kind": mem_kind, **extra}
+
+
+def _cpu_train(it, tokens_per_iter):
+    # a CPU record: RSS in mem_allocated_gb, peak RSS in mem_peak_gb, no reserved
+    return {**_train(it, 5.0 - 0.01 * it, 100.0, mfu=None), "tokens": it * tokens_per_iter,
+            "lr": 1e-5 * it**2, "mem_reserved_gb": None}  # spans more than a decade: log axis
+
+
+def test_plots_title_the_run_config_put_tokens_on_x_and_label_memory_by_kind(tmp_path):
+    from training.analysis import build_figures
+
+    small = [_config("small-batch", 1024, 4)] + [_cpu_train(i, 1024) for i in range(10, 41, 10)]
+    small.append({"type": "eval", "iter": 20, "val_loss": 4.9})
+    big = [_config("big-batch", 4096, 16)] + [_cpu_train(i, 4096) for i in range(10, 41, 10)]
+    figures, skipped = build_figures([("small-batch", small), ("big-batch", big)])
+    assert "mfu" in skipped and set(figures) == {"loss", "lr", "tokens_per_sec", "memory", "grad_norm"}
+
+    ax = figures["loss"].axes[0]
+    title = ax.get_title(loc="left")
+    assert "small-batch: tiny-llama (361k params), global batch 4 x 256 = 1.02k tokens, bf16, 2 x cpu (DEEPSPEED ZeRO-1)" in title
+    assert "big-batch: tiny-llama" in title and "global batch 16 x 256 = 4.1k tokens" in title
+    assert ax.get_xlabel() == "tokens seen"  # two batch sizes: they compare by tokens, not iterations
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["small-batch"].get_xdata()) == [10240, 20480, 30720, 40960]
+    assert list(lines["big-batch"].get_xdata()) == [40960, 81920, 122880, 163840]
+    assert list(lines["small-batch: val_loss"].get_xdata()) == [20480]
+    assert ax.get_xlim()[0] == 10240  # starts at the first logged point, no gap
+    assert not ax.child_axes  # different batches: no shared iteration axis on top
+
+    mem = figures["memory"].axes[0]
+    assert mem.get_ylabel() == "GB, rank 0, process RSS (CPU)"
+    labels = {ln.get_label() for ln in mem.get_lines()}
+    assert {"small-batch: peak RSS (process)", "small-batch: RSS (process)"} <= labels
+    assert not any("reserved" in label or "mem_" in label for label in labels)
+
+    lr = figures["lr"].axes[0]
+    assert lr.get_yscale() == "log"
+    ticks = [t.get_text() for t in lr.get_yticklabels() if t.get_text()]
+    assert ticks and all("10^" not in t and "mathdefault" not in t for t in ticks)  # plain numbers
+
+
+def test_one_run_gets_iterations_on_the_top_axis_and_cuda_memory_labels(tmp_path):
+    from training.analysis import build_figures
+
+    records = [_config("gpu", 2048, 8, mem_kind="cuda_allocator")] + [
+        {**_train(max(i, 1), 4.0, 100.0), "iter": i, "tokens": i * 2048} for i in (0, 5, 10)]
+    figures, _ = build_figures([("gpu", records)])
+    loss = figures["loss"]
+    ax = loss.axes[0]
+    assert ax.get_xlim()[0] == 0  # iteration 0 logged: the plot starts there
+    top = ax.child_axes  # the secondary x axis
+    assert top and top[0].get_xlabel() == "iteration"
+    assert figures["memory"].axes[0].get_ylabel() == "GB, rank 0, CUDA allocator"
+    assert "gpu: reserved (CUDA allocator)" in {ln.get_label() for ln in figures["memory"].axes[0].get_lines()}
+
+
+def test_logs_without_tokens_fall_back_to_iterations(tmp_path):
+    from training.analysis import build_figures
+
+    records = [{"type": "config", "max_iters": 3}] + [
+        {k: v for k, v in _train(i, 4.0, 100.0).items() if k != "tokens"} for i in (1, 2, 3)]
+    figures, _ = build_figures([("old", records)])
+    assert figures["loss"].axes[0].get_xlabel() == "iteration"
+    assert figures["loss"].axes[0].get_title(loc="left").startswith("old")
