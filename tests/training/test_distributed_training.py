@@ -148,7 +148,7 @@ def test_fsdp_two_gpus(demo_data, tmp_path, single_process_reference):
     yaml = (Path(__file__).resolve().parents[2] / "accelerate_configs" / "8xb200_fsdp.yaml").read_text()
     cfg = tmp_path / "fsdp.yaml"
     cfg.write_text(yaml.replace("num_processes: 8", "num_processes: 2"))
-    extra = HARNESS if stage == 3 else []  # ZeRO-3: the eval runs on a copy gathered from the shards
+    extra = HARNESS  # FSDP shards the parameters: the eval runs on a copy gathered from the shards (as ZeRO-3)
     code, log = run_training(str(cfg), *_args(demo_data, tmp_path / "run", *extra))
     assert code == 0, failure(log)
     config = read_log(tmp_path / "run")[0]
