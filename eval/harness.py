@@ -6,7 +6,7 @@
     python -m eval.harness Qwen/Qwen2.5-1.5B --limit 100 --compare eval/reference/qwen2.5-1.5b.json
 
 Zero-shot, lm-eval's own task definitions (or their local-file twins in eval/tasks/), scored by
-lm-eval's acc and acc_norm plus the seeds' rule (mean log-prob per answer token). Writes a results
+lm-eval's acc and acc_norm plus accuracy by the highest mean log-prob per answer token. Writes a results
 JSON (see `eval.report` for the schema) and a markdown table beside it, and prints the table.
 
 In Python (e.g. the in-training eval callback):

@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .errors import EvalError, run_cli
 from .harness import DTYPES
-from .model_card import architecture, render_model_card
+from .model_card import architecture, framework_versions, render_model_card
 from .report import load_results_file
 from .runinfo import training_summary
 
@@ -148,6 +148,7 @@ def build_export(
             n_params=sum(p.numel() for p in model.parameters()),
             arch=architecture(card_config) if card_config is not None else None,
             training=training, evaluation=evaluation, license=license, datasets=all_datasets,
+            versions=framework_versions(),
         )
         (folder / "README.md").write_text(card, encoding="utf-8")
 

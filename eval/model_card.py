@@ -42,6 +42,23 @@ def architecture(config: Any) -> dict[str, Any]:
     }
 
 
+FRAMEWORKS = {"transformers": "Transformers", "torch": "PyTorch", "accelerate": "Accelerate", "deepspeed": "DeepSpeed",
+              "tokenizers": "Tokenizers", "datasets": "Datasets", "lm_eval": "lm-eval"}
+
+
+def framework_versions() -> dict[str, str]:
+    """{display name: version} of the installed frameworks (those present), as the HF Trainer's card lists them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist, label in FRAMEWORKS.items():
+        try:
+            out[label] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def publishable_results(evaluation: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The task results fit for `model-index` (full official test sets), and why others are left out.
 
@@ -86,7 +103,10 @@ def _eval_results(results: dict[str, dict[str, Any]]) -> list[Any]:
 def render_model_card(
     *, repo_id: str, model_class: str, model_type: str, n_params: int, arch: dict[str, Any] | None,
     training: dict[str, Any], evaluation: dict[str, Any] | None, license: str, datasets: list[str],
+    versions: dict[str, str] | None = None,
 ) -> str:
+    """The card's text. `training` is eval.runinfo.training_summary's dict; `versions` the frameworks
+    at export (framework_versions()), shown unless the run's own log recorded its versions."""
     from huggingface_hub import ModelCard, ModelCardData
 
     name = repo_id.split("/")[-1]
@@ -135,7 +155,19 @@ def render_model_card(
         "",
         "MFU counts 6·N + 12·L·H·S FLOPs per token (PaLM, appendix B) against the GPU's dense peak."
         if mfu_pct is not None else "MFU is unknown (CPU run, or no run log found beside the checkpoint).", "",
+        "### Training hyperparameters", "",
     ]
+    hparams = t.get("hyperparameters") or {}
+    if hparams:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in hparams.items()] + [""]
+    else:
+        lines += ["Not recorded (no run log with a config record found beside the checkpoint).", ""]
+    run_versions = t.get("versions")
+    shown = run_versions or versions or {}
+    if shown:
+        lines += ["### Framework versions", "",
+                  "As recorded by the training run:" if run_versions else "At export (the training run's log does not record them):",
+                  ""] + [f"- {k} {v}" for k, v in shown.items()] + [""]
     lines += ["## Evaluation", ""]
     if evaluation:
         settings = evaluation.get("settings", {})

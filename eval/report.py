@@ -29,7 +29,7 @@ from .scoring import METRIC_DOCS, METRICS
 from .taskspec import TASKS
 
 SCHEMA = "llmstack.eval/1"
-METRIC_LABELS = {"acc": "acc", "acc_norm": "acc_norm", "acc_mean_logprob": "seeds' rule"}
+METRIC_LABELS = {"acc": "acc", "acc_norm": "acc_norm", "acc_mean_logprob": "acc (mean log-prob per answer token)"}
 
 
 def load_results_file(path: str | Path) -> dict[str, Any]:

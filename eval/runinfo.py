@@ -1,7 +1,7 @@
 """What a training run's files say about a checkpoint: for model cards.
 
 Reads `OUT/log.jsonl` (a "config" record, then "train", "eval", "checkpoint", ... records; see
-DESIGN.md) and, when the config record names it, the data manifest (`<data dir>/manifest.json`)
+the README, Training, "Run log") and, when the config record names it, the data manifest (`<data dir>/manifest.json`)
 for the Hub datasets the corpus came from. A run may still be going or have been killed, so
 unreadable lines are skipped with a warning naming file and line rather than failing the export.
 """
@@ -74,6 +74,48 @@ def _hub_datasets(config: dict[str, Any], run_dir: Path | None) -> list[str]:
     return []
 
 
+def _g(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def hyperparameters(cfg: dict[str, Any]) -> dict[str, str]:
+    """The training hyperparameters a model card lists (as the HF Trainer's card does), from the
+    config record (its "recipe" is the full TrainConfig, training/config.py); only those it states."""
+    recipe = cfg.get("recipe") if isinstance(cfg.get("recipe"), dict) else {}
+
+    def get(key: str) -> Any:
+        return cfg.get(key) if cfg.get(key) is not None else recipe.get(key)
+
+    out: dict[str, str] = {}
+    if get("lr") is not None:
+        out["learning rate (peak)"] = _g(get("lr"))
+    if get("warmup_iters") is not None and get("min_lr") is not None:
+        decay_end = get("lr_decay_iters") or get("max_iters")
+        out["learning-rate schedule"] = (f"linear warmup over {get('warmup_iters')} steps, then cosine decay to "
+                                         f"{_g(get('min_lr'))}" + (f" at step {decay_end}" if decay_end else ""))
+    if get("optimizer"):
+        betas = (f"betas=({_g(get('beta1'))}, {_g(get('beta2'))})" if get("beta1") is not None and get("beta2") is not None
+                 else None)
+        eps = f"eps={_g(get('adam_eps'))}" if get("adam_eps") is not None else None
+        args = ", ".join(a for a in (betas, eps) if a)
+        out["optimizer"] = str(get("optimizer")) + (f" ({args})" if args else "")
+    if get("weight_decay") is not None:
+        out["weight decay"] = f"{_g(get('weight_decay'))} (weights with 2 or more dimensions)"
+    if get("grad_clip") is not None:
+        out["gradient clipping (global norm)"] = _g(get("grad_clip")) if get("grad_clip") else "off"
+    for label, key in (("micro-batch per device (sequences)", "micro_batch_size"),
+                       ("gradient accumulation steps", "grad_accum_steps"), ("devices", "world_size")):
+        if get(key) is not None:
+            out[label] = str(get(key))
+    seqs, seq_len, tpi = get("global_batch_sequences"), get("seq_len"), get("tokens_per_iter")
+    if seqs and seq_len:
+        out["global batch"] = f"{seqs} sequences x {seq_len} tokens = {tpi or seqs * seq_len:,} tokens"
+    for label, key in (("training steps (planned)", "max_iters"), ("precision", "precision"), ("seed", "seed")):
+        if get(key) is not None:
+            out[label] = str(get(key))
+    return out
+
+
 def training_summary(run_dir: Path | None, trainer_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Figures for the model card; every value may be None when the run's files do not say.
 
@@ -112,4 +154,6 @@ def training_summary(run_dir: Path | None, trainer_state: dict[str, Any] | None 
         "preset": (cfg.get("model") or {}).get("preset") if isinstance(cfg.get("model"), dict) else None,
         "datasets": _hub_datasets(cfg, run_dir),
         "data_dir": cfg["data"].get("dir") if isinstance(cfg.get("data"), dict) else None,
+        "hyperparameters": hyperparameters(cfg),
+        "versions": cfg.get("versions") if isinstance(cfg.get("versions"), dict) else None,  # if the run logged them
     }

@@ -1,11 +1,12 @@
-"""Turn lm-eval's output into our per-task results, adding the seeds' scoring rule.
+"""Turn lm-eval's output into our per-task results, adding accuracy by mean log-prob per answer token.
 
 lm-eval scores a multiple-choice question by the log-likelihood of each choice given the prompt:
 `acc` picks the highest total log-likelihood, `acc_norm` the highest log-likelihood per character
-of the choice text. The seeds scored "Question: X\\nAnswer: Y" by the highest MEAN log-prob per
-answer token. We recompute that from the per-choice log-likelihoods lm-eval logged
-(`log_samples=True`) and the token count of each continuation, tokenised exactly as lm-eval did
-(its own `_encode_pair`), so no second forward pass is needed.
+of the choice text. A third rule picks the highest MEAN log-prob per answer token (the rule the
+reported figures in eval/reference/ were scored by, on "Question: X\\nAnswer: Y"). We recompute that
+from the per-choice log-likelihoods lm-eval logged (`log_samples=True`) and the token count of each
+continuation, tokenised exactly as lm-eval did (its own `_encode_pair`), so no second forward pass
+is needed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ METRIC_DOCS: dict[str, str] = {
     "acc": "lm-eval acc: the choice with the highest total log-likelihood is correct",
     "acc_norm": "lm-eval acc_norm: highest log-likelihood divided by the choice's length in characters",
     "acc_mean_logprob": (
-        "the seeds' rule: highest mean log-prob per answer token, from lm-eval's logged per-choice "
+        "the choice with the highest mean log-prob per answer token is correct, from lm-eval's logged per-choice "
         "log-likelihoods on lm-eval's prompt (ARC: 'Question: X\\nAnswer:'; OpenBookQA: the bare "
         "question stem, as in lm-eval's task)"
     ),
@@ -88,8 +89,8 @@ def _float_or_none(x: Any) -> float | None:
 
 
 def task_results(name: str, lm_results: dict[str, Any], scored: list[dict[str, Any]]) -> dict[str, Any]:
-    """Our per-task result: acc, acc_norm (from lm-eval) and acc_mean_logprob (the seeds' rule),
-    each with its standard error, and the number of questions."""
+    """Our per-task result: acc, acc_norm (from lm-eval) and acc_mean_logprob (highest mean log-prob
+    per answer token), each with its standard error, and the number of questions."""
     r = lm_results["results"][name]
     hits = [1.0 if q["pred_mean_logprob"] == q["target"] else 0.0 for q in scored]
     n = lm_results.get("n-samples", {}).get(name, {})

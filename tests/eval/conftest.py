@@ -76,7 +76,13 @@ def tiny_run(tmp_path_factory, tokenizer) -> Path:
     (run / "checkpoints" / "iter_000012.tmp" / "model").mkdir(parents=True)  # a save cut short
     records = [{"type": "config", "model": {**config.to_diff_dict(), "preset": "tiny-llama"}, "n_params": 360768,
                 "world_size": 2, "device": "NVIDIA H100 80GB HBM3", "precision": "bf16", "seq_len": 128,
-                "tokens_per_iter": TOKENS_PER_ITER, "distributed_type": "DEEPSPEED", "ds_stage": 1}]
+                "tokens_per_iter": TOKENS_PER_ITER, "distributed_type": "DEEPSPEED", "ds_stage": 1,
+                # as training/run.py writes them: the recipe (TrainConfig) and the derived batch figures
+                "recipe": {"lr": 3e-4, "min_lr": 3e-5, "warmup_iters": 2, "lr_decay_iters": None, "max_iters": 10,
+                           "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "adam_eps": 1e-8, "grad_clip": 1.0,
+                           "micro_batch_size": 8, "seq_len": 128, "seed": 1337},
+                "optimizer": "AdamW", "micro_batch_size": 8, "grad_accum_steps": 2, "global_batch_sequences": 32,
+                "max_iters": 10}]
     for i in range(1, 11):
         records.append({"type": "train", "iter": i, "loss": 7.0 - 0.1 * i, "lr": 1e-3, "tokens_per_sec": 1000.0 * i,
                         "mfu": 0.40 + 0.01 * i, "tflops": 300.0, "time_ms": 50.0, "mem_peak_gb": 2.5,

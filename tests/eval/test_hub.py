@@ -91,6 +91,15 @@ def test_model_card_metadata_and_body_come_from_the_run(export, harness_run):
     assert "| MFU (median) | 45.0% |" in text  # train records 2..8 (the first is warm-up): 0.42..0.48
     assert "| parameters | 360,768 (98,624 non-embedding) |" in text
     assert "| last validation loss | 5.7000 |" in text  # eval record at iter 8, not the one at 12
+    # Training hyperparameters and framework versions, as the HF Trainer's card has them
+    assert "### Training hyperparameters" in text and "| learning rate (peak) | 0.0003 |" in text
+    assert "| global batch | 32 sequences x 128 tokens = 4,096 tokens |" in text
+    assert "| optimizer | AdamW (betas=(0.9, 0.95), eps=1e-08) |" in text
+    import torch
+    import transformers
+
+    assert "### Framework versions" in text and f"- Transformers {transformers.__version__}" in text
+    assert f"- PyTorch {torch.__version__.split('+')[0]}" in text
     acc = harness_run["payload"]["results"]["arc_easy"]["acc"]
     assert f"| ARC-Easy | acc | {100 * acc:.1f} ± " in text
     # Fixture-sized local files are not the official test splits: scores stay out of model-index.
