@@ -156,14 +156,21 @@ def test_interrupted_task_reruns_to_identical_shards(tmp_path, small_corpus, tok
 
 
 def test_concurrent_prepare_is_refused(tmp_path, small_corpus, tokenizer) -> None:
-    import fcntl
-
     out = tmp_path / "out"
     (out / ".prepare").mkdir(parents=True)
-    with open(out / ".prepare" / "lock-node0", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock = out / ".prepare" / "lock-node0"
+    # POSIX locks belong to a process: the holder must be another one, as a second prepare would be.
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"f = open({str(lock)!r}, 'w'); fcntl.lockf(f, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(CorpusError, match="another prepare process .* is writing to"):
             _run(small_corpus, tokenizer, out)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_resume_with_changed_arguments_is_refused(tmp_path, small_corpus, tokenizer, monkeypatch) -> None:
