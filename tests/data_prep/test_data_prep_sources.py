@@ -279,3 +279,17 @@ def test_units_shard_over_tasks_and_pickle(tmp_path: Path) -> None:
         got.append(docs)
     assert got[0][:2] == ["file 0", "file 3"] and got[1][:2] == ["file 1", "file 4"] and got[2][0] == "file 2"
     assert sorted(d for g in got for d in g) == sorted([f"file {k}" for k in range(5)] + [f"row {i}" for i in range(10)])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_datasets_split_over_tasks(streaming: bool) -> None:
+    import datasets
+
+    from data_prep.sources import Unit, shard_units
+
+    rows = [f"row {i}" for i in range(30)]
+    ds = datasets.Dataset.from_dict({"text": rows})
+    unit = Unit("hub", "mem", None, dataset=ds.to_iterable_dataset(num_shards=4) if streaming else ds)
+    parts = [[t for c in iter_chunks(shard_units([unit], r, 3), ReadOptions(), ReadStats()) for t in c.texts]
+             for r in range(3)]
+    assert all(parts) and sorted(t for p in parts for t in p) == sorted(rows)  # disjoint, complete
