@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BUDGET_S = 240  # the CPU mode takes ~1-2 min on a loaded 2-core VM; the GPU mode's budget is 480 s
+BUDGET_S = 300  # the CPU mode takes 1-2.5 min on a loaded 2-core VM (its default budget); the GPU mode has 480 s
 
 
 def _module():
