@@ -326,11 +326,13 @@ def finish_export(out_dir: str | os.PathLike, tokenizer=None, max_length: int | 
         config_path.write_text(json.dumps(_merge_ids(str(config_path), config, ids), indent=2) + "\n", encoding="utf-8")
     if ids:
         try:
-            gen = GenerationConfig.from_pretrained(folder).to_dict()
+            gen = GenerationConfig.from_pretrained(folder).to_diff_dict()
         except OSError:  # no generation_config.json yet (e.g. a config with every default)
             gen = {}
         merged = _merge_ids(str(folder / "generation_config.json"), gen, ids)
-        merged.pop("transformers_version", None)
+        # written on purpose now, not derived from config.json: transformers must not re-derive it
+        for key in ("transformers_version", "_from_model_config"):
+            merged.pop(key, None)
         GenerationConfig(**merged).save_pretrained(folder)
     tok_path = folder / "tokenizer_config.json"
     if max_length is not None and tok_path.is_file():
