@@ -36,8 +36,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
+import importlib.util
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -58,7 +59,7 @@ from modeling import DecoderConfig, DecoderForCausalLM, to_hf  # noqa: E402
 from modeling.attention import (  # noqa: E402
     ATTENTION_FUNCTIONS, documents_from_position_ids, eager_attention, flash_attn_unavailable_reason,
 )
-from training.benchmark import DTYPES, device_info, slug  # noqa: E402
+from training.benchmark import DTYPES, device_info  # noqa: E402
 
 HEAVY_MODULES = ("deepspeed", "datasets", "lm_eval", "data_prep", "eval")  # absent on the bare GPU machine
 TINY = ("tiny-llama", "tiny-qwen3", "tiny-gpt2")
@@ -416,7 +417,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "device": device_info(device, mode["dtype"]),
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                         "transformers": _version("transformers"), "accelerate": _version("accelerate"),
-                        "flash_attn": "available" if flash_why is None else f"not used: {flash_why}"},
+                        "flash_attn": "available" if flash_why is None else f"not used: {flash_why}",
+                        "installed": {m: importlib.util.find_spec(m) is not None
+                                      for m in ("deepspeed", "datasets", "lm_eval", "flash_attn")}},
         "settings": mode, "checks": [], "benchmarks": [], "phases_s": {}, "heavy_modules_loaded": [],
     }
     out_dir = Path(args.out)
@@ -426,10 +429,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                       ("document-masking", lambda: document_checks(device, mode["dtype"]))):
         start = time.perf_counter()
         print(f"[gpu_check] {phase} ...", file=sys.stderr, flush=True)
-        doc["checks"] += fn()
+        try:
+            doc["checks"] += fn()
+        except Exception as exc:  # noqa: BLE001 - one failed phase must not cost the benchmark
+            doc["checks"].append(_row(phase, "(phase)", "fail", error=f"{type(exc).__name__}: {exc}"[:400]))
         doc["phases_s"][phase] = time.perf_counter() - start
         _summarize(doc)
         write(doc, out_dir, t0)
+    gc.collect()
+    if device.type == "cuda":  # hand the cached blocks back: each benchmark runs in its own process
+        torch.cuda.empty_cache()
     for i, preset in enumerate(mode["presets"]):
         left = mode["budget_s"] - (time.perf_counter() - t0) - 10  # 10 s to write the report
         print(f"[gpu_check] benchmark {preset} (deadline {left / (len(mode['presets']) - i):.0f} s) ...",

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh: the prepared GPU run, exercised end to end in its CPU mode (tiny presets),
-as CI runs it; and the GPU mode's benchmark settings, which only a GPU can run."""
+as CI runs it, on a simulated bare machine (deepspeed, datasets, lm_eval and flash_attn made to look
+uninstalled); and the GPU mode's benchmark settings, which only a GPU can run."""
 
 import datetime as dt
 import importlib.util
@@ -15,6 +16,24 @@ REPO = Path(__file__).resolve().parents[2]
 BUDGET_S = 300  # the CPU mode takes 1-2.5 min on a loaded 2-core VM (its default budget); the GPU mode has 480 s
 
 
+# Loaded by every Python process of the run (PYTHONPATH): the blocked packages cannot be found, as on a
+# machine with only torch, transformers and accelerate; importlib.util.find_spec says None for them.
+BARE_MACHINE = """
+import importlib.machinery, sys
+
+BLOCKED = {"deepspeed", "datasets", "lm_eval", "flash_attn"}
+
+
+class _BarePathFinder(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.split(".")[0] in BLOCKED else super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [_BarePathFinder if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+
 def _module():
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
@@ -25,7 +44,11 @@ def _module():
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    bare = tmp_path_factory.mktemp("bare")
+    (bare / "sitecustomize.py").write_text(BARE_MACHINE)
+    pythonpath = os.pathsep.join(p for p in (str(bare), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": pythonpath}
     res = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu", "--out", str(out), "--budget-s", str(BUDGET_S)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=BUDGET_S + 60)
     assert res.returncode == 0, res.stderr[-4000:] + res.stdout[-2000:]
@@ -38,6 +61,7 @@ def test_cpu_mode_checks_pass_within_budget(cpu_run):
     assert doc["summary"]["ok"] and doc["summary"]["failed"] == 0
     assert doc["wall_s"] < BUDGET_S
     assert doc["heavy_modules_loaded"] == []  # no deepspeed / datasets / lm_eval / data_prep on this path
+    assert not any(doc["environment"]["installed"].values())  # and it ran where they cannot be imported
     by_check = {}
     for row in doc["checks"]:
         by_check.setdefault(row["check"], []).append(row)
@@ -74,7 +98,7 @@ def test_gpu_mode_settings():
     mode = gc.MODES["cuda"]
     assert mode["presets"] == ["llama3-1.5b", "qwen3-1.8b"] and mode["budget_s"] <= 480
     argv = gc.benchmark_argv("llama3-1.5b", mode, "cuda")
-    from training.benchmark import build_parser, resolve_args
+    from training.benchmark import build_parser
 
     args = build_parser().parse_args(argv)
     assert (args.device, args.dtype, args.seq_len, args.attn, args.compile, args.loss, args.micro_batch) == (
