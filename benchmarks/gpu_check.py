@@ -39,7 +39,9 @@ import datetime as dt
 import gc
 import importlib.util
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -279,6 +281,7 @@ def document_checks(device: torch.device, dtype_name: str) -> list[dict]:
                         model(input_ids=ids, position_ids=pos, labels=ids, return_logits=False,
                               document_masking=True).loss.backward()
 
+                step()  # warm-up: first-call work (library handles, allocator growth) is not the step's
                 syncs = _count_syncs(device, step)
                 # CUDA: the mask is built on the device (0 syncs); flash's varlen offsets cost one
                 syncs_ok = syncs is None or syncs <= (1 if attn == "flash_attention_2" else 0)
@@ -312,13 +315,18 @@ def run_benchmark(preset: str, mode: dict, device: str, timeout_s: float) -> dic
         out = Path(tmp) / "bench.json"
         cmd = [sys.executable, "-m", "training.benchmark", *argv, "--json", str(out), "-q"]
         start = time.perf_counter()
+        # its own process group: a deadline also ends inductor's compile workers
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+            stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             return {**entry, "status": "timeout", "reason": f"no result within {timeout_s:.0f} s", "wall_s": timeout_s}
         entry["wall_s"] = time.perf_counter() - start
-        if res.returncode != 0 or not out.is_file():
-            return {**entry, "status": "error", "reason": (res.stderr or res.stdout)[-1500:]}
+        if proc.returncode != 0 or not out.is_file():
+            return {**entry, "status": "error", "reason": (stderr or stdout)[-1500:]}
         result = json.loads(out.read_text())
     rows = [{k: r.get(k) for k in BENCH_KEYS} for r in result["rows"]]
     return {**entry, "status": "ok", "device": result["device"], "settings": result["settings"],
