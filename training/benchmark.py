@@ -11,7 +11,7 @@ or the full-logits loss, the native `modeling.to_hf` model; per attention backen
 setting) starts from the same weights and the same batch, warms up, then times `--iters` steps:
 CUDA events around each step on a GPU (no host sync inside the loop), perf_counter (+ synchronize)
 otherwise. We report the median step time (and min / p90), tokens/s, achieved TFLOP/s from
-`modeling.flops_per_token` (PaLM definition, see DESIGN.md), MFU against
+`modeling.flops_per_token` (PaLM definition, see README "Models"), MFU against
 `training.hardware.peak_flops` (null on CPU), peak memory, and ours/native ratios.
 
 On CPU the variants of one configuration are timed in interleaved rounds (A B A B ...), so a noisy

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 if __package__ in (None, ""):  # run as a script by `accelerate launch training/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -147,7 +148,23 @@ def main(argv: list[str] | None = None) -> int:
             f"out_dir={cfg.out_dir!r} already holds checkpoints of an earlier run; pass --resume=auto to continue "
             "it, or choose another out_dir (nothing was overwritten)"
         )
+    trainer, resume_from = build_trainer(cfg, recipe, resume_from)
+    if resume_from is not None:
+        load_checkpoint(trainer, resume_from)
+        trainer.run_info["resumed_from"] = str(resume_from)
+        logger.info("resumed from %s at iteration %d", resume_from, trainer.state.iter)
+    trainer.fit()
+    trainer.accelerator.wait_for_everyone()
+    if cfg.trackers:
+        trainer.accelerator.end_training()  # last: it destroys the process group the final checkpoint needed
+    return 0
 
+
+def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: Optional[Path] = None
+                  ) -> tuple[Trainer, Optional[Path]]:
+    """Everything a run needs, in the order the module docstring gives, up to a Trainer ready to fit();
+    and the checkpoint to resume from once the ranks have verified and agreed on it. Collective: every
+    rank calls it. (benchmarks/trainer_overhead.py times the trainer it returns against a bare loop.)"""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
         check_jit_builds(["deepspeed_shm_comm"], announce=os.environ.get("LOCAL_RANK", "0") == "0")
     # The accelerator needs the accumulation steps, which need the world size: read it from the
@@ -216,16 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks.append(cb.Profiler(cfg.profile_start, cfg.profile_iters, cfg.out_dir))
     trainer = Trainer(cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, tokenizer,
                       accum, tokens_per_iter, callbacks, run_info)
-
-    if resume_from is not None:
-        load_checkpoint(trainer, resume_from)
-        run_info["resumed_from"] = str(resume_from)
-        logger.info("resumed from %s at iteration %d", resume_from, trainer.state.iter)
-    trainer.fit()
-    accelerator.wait_for_everyone()
-    if cfg.trackers:
-        accelerator.end_training()  # last: it destroys the process group the final checkpoint needed
-    return 0
+    return trainer, resume_from
 
 
 def _peak_flops(device_name: str, precision: str):

@@ -71,19 +71,29 @@ class Trainer:
         self._nan_iters = {int(i) for i in os.environ.get(NAN_TEST_ENV, "").split(",") if i.strip()}
 
     # ---------------------------------------------------------------------------------------------
-    def fit(self) -> None:
+    def start(self) -> None:
+        """Collective: what fit() does before its first iteration."""
         self._stop_group = self._make_stop_group()
         self._install_signal_handlers()
         self._emit("on_train_start")
         self._batches = iter(self.train_loader)
+
+    def iteration(self) -> StepOutput:
+        """One iteration as fit() runs it: the optimizer step with its data fetch, the non-finite guard
+        and every callback (logging, evals, checkpoints)."""
+        self._emit("on_step_begin")
+        out = self.train_step()
+        self.state.iter += 1
+        self.state.tokens += self.tokens_per_iter
+        self._guard_step(out)
+        self._emit("on_step_end", out)
+        return out
+
+    def fit(self) -> None:
+        self.start()
         try:
             while self.state.iter < self.cfg.max_iters:
-                self._emit("on_step_begin")
-                out = self.train_step()
-                self.state.iter += 1
-                self.state.tokens += self.tokens_per_iter
-                self._guard_step(out)
-                self._emit("on_step_end", out)
+                self.iteration()
                 if self._should_stop():
                     self.preempted = True
                     self.guard.check(self._stop_group)  # no checkpoint from a non-finite state

@@ -73,7 +73,7 @@ def test_optimal_grid_at_the_seed_budget():
     assert (low, high) == (15, 25)
     assert all(low <= x["tokens_per_param"] <= high for x in r["constrained"])
     assert r["constrained"][0]["loss"] >= best["loss"]
-    assert {s["name"] for s in r["seed_comparison"]} == {"seed: unconstrained", "seed: D~20N-ish"}
+    assert {s["name"] for s in r["seed_comparison"]} == {"reported: unconstrained", "reported: D~20N-ish"}
 
 
 def test_optimal_min_tokens_per_param():

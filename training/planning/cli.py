@@ -84,7 +84,7 @@ def _print_optimal(r: dict) -> None:
     print("\nbest per family:")
     print(format_table(ARCH_HEADERS, _arch_rows(list(r["best_per_family"].values()))))
     if "seed_comparison" in r:
-        print("\nseed project's results at this budget, under the same fit:")
+        print("\nthe reference architectures' published search at this budget (C = 1.36e21), under the same fit:")
         print(format_table(["", "N (B)", "D (B)", "D/N", "loss", "6ND / C"],
                            [[s["name"], _b(s["n_params"]), _b(s["tokens"], 1), f"{s['tokens_per_param']:.1f}",
                              f"{s['loss']:.4f}", f"{s['flops_6nd'] / r['flops']:.2f}"] for s in r["seed_comparison"]]))

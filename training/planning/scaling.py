@@ -106,8 +106,8 @@ GRID_LAYERS = tuple(range(2, 129))
 # aspect ratios hidden/layers; we keep the grid inside 20..200 (the seed architectures: 64-114).
 GRID_ASPECT = (20.0, 200.0)
 SEED_RESULTS_1_36E21 = [  # what the seed project's search reported for C = 1.36e21 (for comparison)
-    ("seed: unconstrained", 1.545e9, 101.9e9),
-    ("seed: D~20N-ish", 2.223e9, 61.5e9),
+    ("reported: unconstrained", 1.545e9, 101.9e9),
+    ("reported: D~20N-ish", 2.223e9, 61.5e9),
 ]
 
 
