@@ -177,11 +177,12 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def flash_attn_unavailable_reason(compute_dtype: Optional[torch.dtype] = None) -> Optional[str]:
-    """None when flash_attention_2 can run here (for a run computing in `compute_dtype`, if given), else why not."""
-    if importlib.util.find_spec("flash_attn") is None:
-        return f"the flash_attn package is not installed ({FLASH_INSTALL_HINT})"
+    """None when flash_attention_2 can run here (for a run computing in `compute_dtype`, if given), else why not.
+    The device comes first: on a machine without CUDA, installing flash_attn would not help."""
     if not _cuda_available():
         return "no CUDA device: flash_attn kernels run only on NVIDIA GPUs"
+    if importlib.util.find_spec("flash_attn") is None:
+        return f"the flash_attn package is not installed ({FLASH_INSTALL_HINT})"
     try:
         importlib.import_module("flash_attn")
     except Exception as exc:  # a broken build (ABI mismatch with torch) is common; report it, don't crash
@@ -189,6 +190,17 @@ def flash_attn_unavailable_reason(compute_dtype: Optional[torch.dtype] = None) -
     if compute_dtype is not None and compute_dtype not in HALF_DTYPES:
         return f"this run computes in {compute_dtype} and flash_attn kernels take fp16/bf16 only (train in bf16)"
     return None
+
+
+def _short_reason(why_not_flash: str) -> str:
+    """auto's one-line answer for the console and the run log (the explicit-request error keeps the detail)."""
+    if why_not_flash.startswith("no CUDA device"):
+        return "flash_attention_2 needs a CUDA GPU"
+    if "not installed" in why_not_flash:
+        return "flash_attn not installed; SDPA's CUDA flash kernel is FlashAttention-2 as well"
+    if why_not_flash.startswith("this run computes in"):
+        return "flash_attention_2 takes fp16/bf16 only; this run computes in fp32"
+    return why_not_flash
 
 
 def resolve_attn_implementation(requested: Optional[str], compute_dtype: Optional[torch.dtype] = None) -> tuple[str, str]:
@@ -202,8 +214,7 @@ def resolve_attn_implementation(requested: Optional[str], compute_dtype: Optiona
         why_not_flash = flash_attn_unavailable_reason(compute_dtype)
         if why_not_flash is None:
             return "flash_attention_2", "auto: flash_attn is installed and CUDA is available"
-        return "sdpa", f"auto: not flash_attention_2 because {why_not_flash}; using torch SDPA " \
-                       "(on CUDA its flash kernel is FlashAttention-2)"
+        return "sdpa", _short_reason(why_not_flash)
     if requested == "flash_attention_2":
         why_not = flash_attn_unavailable_reason(compute_dtype)
         if why_not is not None:

@@ -209,7 +209,7 @@ class DecoderPreTrainedModel(PreTrainedModel):
         explicit request that cannot run raises with what to install; our flash path calls flash_attn directly."""
         name, reason = resolve_attn_implementation(attn_implementation)
         if attn_implementation in (None, "auto") and not getattr(self, "attn_backend_reason", None):
-            logger.info("attention backend: %s (%s)", name, reason)
+            logger.info("attention: %s (%s)", name, reason)
         self.attn_backend_reason = reason
         return name
 

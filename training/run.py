@@ -59,7 +59,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.fl
     decides whether attn_implementation=auto may pick flash_attn, which takes fp16/bf16 only."""
     attn, reason = resolve_attn_implementation(cfg.attn_implementation, compute_dtype=dtype)
     if cfg.attn_implementation == "auto":
-        logger.info("attention backend: %s (%s)", attn, reason)
+        logger.info("attention: %s (%s)", attn, reason)
     config = DecoderConfig.from_preset(cfg.preset, vocab_size=vocab_size, attn_implementation=attn, **cfg.model_overrides)
     if cfg.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
         raise ValueError(f"seq_len={cfg.seq_len} exceeds the learned position table ({config.max_position_embeddings})")

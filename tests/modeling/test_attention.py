@@ -87,11 +87,20 @@ def test_auto_on_cpu_resolves_to_sdpa_and_says_why(caplog):
     with caplog.at_level(logging.INFO, logger="modeling.modeling_decoder"):
         model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama"))
     assert model.config._attn_implementation == "sdpa"
-    assert "attention backend: sdpa" in caplog.text and "not flash_attention_2 because" in caplog.text
+    # one short sentence, and never "install flash-attn" to someone without a GPU
+    assert "attention: sdpa (flash_attention_2 needs a CUDA GPU)" in caplog.text and "install" not in caplog.text
+
+
+def test_missing_flash_attn_on_a_gpu_machine_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(attention, "_cuda_available", lambda: True)
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: None)
+    assert resolve_attn_implementation("auto")[1].startswith("flash_attn not installed")
+    with pytest.raises(ImportError, match=r"flash_attention_2.*cannot run.*pip install flash-attn"):
+        resolve_attn_implementation("flash_attention_2")
 
 
 def test_explicit_flash_on_cpu_is_a_clear_error():
-    with pytest.raises(ImportError, match=r"flash_attention_2.*cannot run.*pip install flash-attn"):
+    with pytest.raises(ImportError, match=r"flash_attention_2.*cannot run.*no CUDA device"):
         DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama", attn_implementation="flash_attention_2"))
 
 
