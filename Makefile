@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.installed-$(EXTRAS)
 LATEST_VENV ?= .venv-latest
 
 SHELL       := /bin/bash
-.PHONY: setup demo test test-latest lock clean
+.PHONY: setup demo test lint test-latest lock clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,12 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) $(LOCK)
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
-test: setup
+test: setup lint
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff with the rules in pyproject.toml (bugs, not taste); `pre-commit install` runs it on every commit
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # The suite against the newest versions setup.cfg allows (no lock): run it before `make lock`, and
 # now and then, so that a new release that breaks us is seen here before a user sees it.

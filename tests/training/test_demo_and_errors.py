@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from train_helpers import ASSETS, TINY_RUN, failure, read_log, run_training, train_losses
+from train_helpers import ASSETS, TINY_RUN, failure, read_log, run_training
 
 TRAIN_FIELDS = {"iter", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "tflops", "time_ms",
                 "mem_allocated_gb", "mem_peak_gb", "mem_reserved_gb"}

@@ -7,7 +7,6 @@ TOL = 2e-5 on a loss of ~7, while a wrong batch split, a doubled LR warmup or a 
 all-reduce changes the losses by 1e-2 or more from the second step on.
 """
 
-import json
 from pathlib import Path
 
 import pytest

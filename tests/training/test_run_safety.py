@@ -2,11 +2,9 @@
 DeepSpeed build lock, trackers with 2 processes. Each asserts what the run must do instead of the old
 silent behaviour (NaN checkpoints, interleaved logs, orphaned workers, hangs, a lost final checkpoint)."""
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
