@@ -8,6 +8,11 @@ resumable at any point and identical across world sizes and DataLoader worker co
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where the vectorised helpers run, not at import
+    import numpy as np
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 

@@ -275,7 +275,7 @@ def resolve_resume(resume: Optional[str], out_dir: str | Path) -> Optional[Path]
         return latest_checkpoint(out_dir)
     path = Path(resume)
     if not layout.is_complete(path):
-        why = (f"its name is not iter_N" if layout.checkpoint_iteration(path) is None
+        why = ("its name is not iter_N" if layout.checkpoint_iteration(path) is None
                else f"it has no {layout.MANIFEST} (the save did not finish, or it predates integrity manifests)")
         raise CheckpointError(f"resume={resume!r} is not a complete checkpoint: {why}; pass an "
                               "out_dir/checkpoints/iter_XXXXXX directory or --resume=auto")

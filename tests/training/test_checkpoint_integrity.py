@@ -5,7 +5,6 @@ each test damages a copy. The one distributed test (2 CPU processes, DeepSpeed Z
 only a multi-rank run has: per-rank files, verification split across ranks, DeepSpeed's shards read
 with weights_only=True."""
 
-import json
 import os
 import pickle
 import shutil

@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from train_helpers import BIN, REPO, TINY_RUN, failure, read_log, run_training, train_command, train_losses
 
