@@ -29,8 +29,10 @@ if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):  # before to
 import torch
 
 from training.console import quiet_deepspeed_import, setup_console
+from training.worker import use_venv_extensions_dir
 
 quiet_deepspeed_import()  # before anything imports deepspeed
+use_venv_extensions_dir()
 
 from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token,
                       resolve_attn_implementation)

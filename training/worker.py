@@ -46,11 +46,20 @@ def exit_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def use_venv_extensions_dir() -> None:
+    """Build DeepSpeed's JIT ops inside this environment (`<venv>/torch_extensions`) unless
+    TORCH_EXTENSIONS_DIR says otherwise: torch's default cache (~/.cache/torch_extensions) is shared by
+    every environment on the machine, and two venvs with different torch builds rebuilt the same op
+    in turn at each launch (minutes each, serialised on its lock)."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
+
+
 def extensions_root() -> Path:
     """torch's JIT extension cache: TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions/py3XX_{cpu,cuNNN}."""
     from torch.utils.cpp_extension import _get_build_directory
 
-    return Path(_get_build_directory("probe", verbose=False)).parent
+    return Path(_get_build_directory("deepspeed_shm_comm", verbose=False)).parent  # (creates that op's dir)
 
 
 def check_jit_builds(ops: list[str], announce: bool) -> None:

@@ -174,9 +174,13 @@ def test_workers_exit_when_the_launcher_is_killed(demo_data, tmp_path):
 def test_stale_deepspeed_build_lock_is_removed_and_the_run_starts(demo_data, tmp_path):
     """A build killed half-way leaves `lock` in torch's extension cache; every later DeepSpeed launch then
     waited forever. Here the cache is a private copy (TORCH_EXTENSIONS_DIR) holding an old lock."""
-    from training.worker import STALE_BUILD_LOCK_S, extensions_root
+    from training.worker import STALE_BUILD_LOCK_S, extensions_root, use_venv_extensions_dir
 
+    before = os.environ.get("TORCH_EXTENSIONS_DIR")
+    use_venv_extensions_dir()  # where run.py builds: the machine's build of the op, if any
     real = extensions_root() / "deepspeed_shm_comm"
+    if before is None:
+        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
     cache = tmp_path / "ext"
     op_dir = cache / "deepspeed_shm_comm"  # with TORCH_EXTENSIONS_DIR set, ops are built directly below it
     op_dir.mkdir(parents=True)
