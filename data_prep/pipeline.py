@@ -20,10 +20,11 @@ ones. The task that finds every record present writes manifest.json (`manifest.f
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
@@ -65,6 +66,46 @@ class ReadCorpus(PipelineStep):
                     continue
                 self.stat_update("documents")
                 yield Document(text=text, id=f"{unit.label}/{row}", metadata={"split": unit.split})
+
+
+# Characters per encode call. One huge document (a 50 MB single line) took 5.3 GB in the tokenizer's
+# Rust structures; longer documents are encoded in pieces cut where a whitespace run starts.
+MAX_ENCODE_CHARS = 1_000_000
+_PIECE_CUT = re.compile(r"(?<=\S)(?=\s)")
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """`text` cut into pieces of about `limit` characters, each cut where a whitespace run begins (after
+    a non-space). Byte-level BPE pre-tokenizers (GPT-2, LLaMA-3, Qwen) split there themselves, so
+    the pieces encode to exactly the tokens of the whole; a text with no such place stays whole."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        m = _PIECE_CUT.search(text, start + limit // 2, start + limit)
+        if m is None:
+            m = _PIECE_CUT.search(text, start + limit)
+            if m is None:
+                break
+        pieces.append(text[start:m.start()])
+        start = m.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def encode_bounded(backend: Any, texts: list[str], np_dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """encode_batch_fast over `texts` -> (lengths, flat ids), documents over MAX_ENCODE_CHARS in pieces."""
+    if all(len(t) <= MAX_ENCODE_CHARS for t in texts):
+        return to_arrays(backend.encode_batch_fast(texts, add_special_tokens=False), np_dtype)
+    lengths, flats = [], []
+    for text in texts:
+        pieces = _pieces(text, MAX_ENCODE_CHARS) if len(text) > MAX_ENCODE_CHARS else [text]
+        n = 0
+        for piece in pieces:  # one piece at a time: memory stays bounded by a piece
+            piece_lengths, piece_flat = to_arrays(backend.encode_batch_fast([piece], add_special_tokens=False),
+                                                  np_dtype)
+            n += int(piece_lengths[0])
+            flats.append(piece_flat)
+        lengths.append(n)
+    return np.asarray(lengths, dtype=np.int64), np.concatenate(flats) if flats else np.zeros(0, np_dtype)
 
 
 class TokenizeToShards(PipelineStep):
@@ -112,7 +153,7 @@ class TokenizeToShards(PipelineStep):
         train_tokens, budget_reached, batches = 0, False, 0
         for batch in self._batches(data):
             texts = [d.text for d in batch]
-            lengths, flat = to_arrays(backend.encode_batch_fast(texts, add_special_tokens=False), np_dtype)
+            lengths, flat = encode_bounded(backend, texts, np_dtype)
             to_val = np.array([
                 d.metadata["split"] == "val" if d.metadata.get("split") else
                 doc_to_val(self.seed, d.text, self.val_fraction) for d in batch

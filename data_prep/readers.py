@@ -59,6 +59,25 @@ class ReadStats:
             self.examples.append(where)
 
 
+# A record this undecodable is not text: one replaced sequence per BINARY_RATIO bytes (text with a few
+# stray Latin-1 bytes stays far below), or any NUL byte, in a record of at least BINARY_MIN_BYTES.
+BINARY_RATIO = 16
+BINARY_MIN_BYTES = 64
+
+
+def refuse_binary(path: Any, offset: int, data: bytes, replaced: int) -> None:
+    """Raise CorpusError when `data` (a record read as text) is mostly not UTF-8 text: a binary file
+    named .txt/.jsonl would otherwise be tokenized as U+FFFD soup."""
+    if len(data) < BINARY_MIN_BYTES or (replaced * BINARY_RATIO < len(data) and b"\x00" not in data):
+        return
+    nul = " and NUL bytes" if b"\x00" in data else ""
+    raise CorpusError(
+        f"{path} (byte {offset}) does not look like text: {replaced:,} undecodable UTF-8 sequences"
+        f"{nul} in a record of {len(data):,} bytes. Is it a binary "
+        "file? Remove it from --input (or convert it to UTF-8 text)."
+    )
+
+
 def decode_utf8(data: bytes) -> tuple[str, int]:
     """Decode UTF-8, replacing each undecodable sequence by U+FFFD; returns (text, replacements).
 
@@ -196,11 +215,14 @@ class TextFileReader:
 
     def _decode(self, rec: bytes, offset: int) -> str:
         try:
-            return rec.decode("utf-8")
+            text = rec.decode("utf-8")
+            n = 0
         except UnicodeDecodeError:
             text, n = decode_utf8(rec)
             self.stats.note(f"{self.path}:byte {offset}", n)
-            return text
+        if n or b"\x00" in rec[:4096]:
+            refuse_binary(self.path, offset, rec, n)
+        return text
 
 
 class JsonlReader:
@@ -224,6 +246,7 @@ class JsonlReader:
             line, n = decode_utf8(rec)
             if n:
                 self.stats.note(f"{self.path}:byte {offset}", n)
+                refuse_binary(self.path, offset, rec, n)
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:

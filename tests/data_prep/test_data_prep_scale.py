@@ -235,3 +235,33 @@ def test_slurm_and_ray_executors(tmp_path, small_corpus, tokenizer, monkeypatch)
     except ImportError:
         with pytest.raises(ValueError, match="needs the `ray` package: pip install"):
             prepare([str(small_corpus)], tokenizer, tmp_path / "r", executor="ray", **kw)
+
+
+def test_huge_document_is_encoded_in_pieces_with_the_same_tokens(tmp_path, corpus_dir, tokenizer, split_docs,
+                                                                 monkeypatch) -> None:
+    """One document far over the encode limit (a 50 MB line took 5.3 GB in one encode call): encoded in
+    pieces cut at whitespace runs, it gives exactly the tokens of a direct encode of the whole."""
+    import data_prep.pipeline as pipeline
+    from tokenizers import Tokenizer
+
+    text = " ".join(p.read_text() for p in sorted(Path(corpus_dir).iterdir())[:2]).replace("\n\n", "\n  \n")
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    monkeypatch.setattr(pipeline, "MAX_ENCODE_CHARS", 20_000)  # the pieces path, at test size
+    assert len(pipeline._pieces(text, 20_000)) > 5
+    prepare([str(tmp_path / "one.jsonl")], tokenizer, tmp_path / "d", seq_len=64, val_fraction=0.0, progress=False)
+    ref = Tokenizer.from_file(str(REPO / "tests/assets/tokenizer/tokenizer.json")).encode(text, add_special_tokens=False)
+    (doc,) = split_docs(tmp_path / "d")["train"]
+    assert doc[:-1].tolist() == ref.ids and doc[-1] == tokenizer.eos_token_id
+
+
+def test_binary_file_named_txt_is_refused(tmp_path, tokenizer) -> None:
+    from data_prep.readers import CorpusError
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "notes.txt").write_bytes(b"a real first paragraph\n\n" + rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes())
+    with pytest.raises(CorpusError, match=r"notes.txt \(byte \d+\) does not look like text: [\d,]+ undecodable"):
+        prepare([str(tmp_path / "notes.txt")], tokenizer, tmp_path / "d", seq_len=64, val_fraction=0.0, progress=False)
+    # a few stray bytes in real text are replaced and counted, not refused
+    (tmp_path / "latin.txt").write_bytes(("caf\xe9 ".encode("latin-1") + b"ordinary words " * 20 + b"\n\n") * 5)
+    m = prepare([str(tmp_path / "latin.txt")], tokenizer, tmp_path / "d2", seq_len=8, val_fraction=0.0, progress=False)
+    assert m["stats"]["decode_replacements"] == 5
