@@ -15,6 +15,7 @@ LlamaForCausalLM / Qwen3ForCausalLM; remote code is never run.
 from __future__ import annotations
 
 import json
+import pickle
 import logging
 import re
 from dataclasses import dataclass, field
@@ -219,6 +220,13 @@ def load_raw_model(resolved: ResolvedCheckpoint, dtype: Any = None) -> Any:
         ) from e
     try:
         return AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype or "auto")
+    except pickle.UnpicklingError as e:  # transformers loads .bin weights with weights_only=True
+        bad = str(e).split("WeightsUnpickler error: ", 1)[-1].split(". ", 1)[0].strip()
+        raise EvalError(
+            f"refused to load {where}: its pickled (.bin) weights hold more than tensors ({bad}), which could run "
+            "code. Use a checkpoint saved as safetensors (every checkpoint this project writes is), or convert "
+            "the file yourself only if you trust its source."
+        ) from None
     except (OSError, ValueError) as e:
         raise EvalError(f"cannot load the model weights of {where}: {e}") from e
 

@@ -138,3 +138,27 @@ def test_bad_compare_file_fails_before_the_model_loads(tmp_path, checkpoint, cap
     bad.write_text('{"name": "x"}')
     assert harness_main([str(checkpoint), "--data-dir", str(EVAL_DATA), "--compare", str(bad), "--device", "cpu"]) == 2
     assert f"{bad}: no 'results' object" in capsys.readouterr().err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("PAYLOAD RAN",))
+
+
+def test_a_pickled_model_with_code_in_it_is_refused_in_one_line(tmp_path, capsys):
+    """transformers reads .bin weights with weights_only=True; what it refuses is reported as one line, and
+    the payload never runs."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from modeling import DecoderConfig, DecoderForCausalLM
+
+    DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": _Payload()}, tmp_path / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "assets" / "tokenizer").save_pretrained(tmp_path)
+    assert harness_main([str(tmp_path), "--data-dir", str(EVAL_DATA), "--device", "cpu", "--limit", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "PAYLOAD RAN" not in captured.out + captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "refused to load" in errors[0] and "Traceback" not in captured.err
