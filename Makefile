@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.installed-$(EXTRAS)
 LATEST_VENV ?= .venv-latest
 
 SHELL       := /bin/bash
-.PHONY: setup demo test lint test-latest lock clean
+.PHONY: setup demo test test-all lint test-latest lock clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,12 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) $(LOCK)
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
+# CI's run: every component on tiny models, minus the few tests marked slow (see pyproject.toml)
 test: setup lint
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# everything, the slow tests included (about 5 minutes more)
+test-all: setup lint
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # ruff with the rules in pyproject.toml (bugs, not taste); `pre-commit install` runs it on every commit

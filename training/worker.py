@@ -63,8 +63,12 @@ def extensions_root() -> Path:
 
 
 def check_jit_builds(ops: list[str], announce: bool) -> None:
-    """Remove stale build locks of `ops` (older than STALE_BUILD_LOCK_S) with a warning, and announce
-    (when `announce`, i.e. on one rank per node) the ops that this launch will compile."""
+    """On one rank per node (`announce`): remove stale build locks of `ops` (older than STALE_BUILD_LOCK_S)
+    with a warning, and announce the ops this launch will compile. The other ranks leave the lock alone:
+    one that removed it first would start its build under a new lock, and the announcing rank would then
+    see a fresh lock and only wait (a rank waiting on the stale lock proceeds once it is gone)."""
+    if not announce:
+        return
     try:
         root = extensions_root()
     except Exception:  # noqa: BLE001 - a private torch helper: never let it stop a run
@@ -78,10 +82,10 @@ def check_jit_builds(ops: list[str], announce: bool) -> None:
                 logger.warning("removing a stale build lock %s (%.0f min old, left by a killed build of %s); "
                                "the op is rebuilt now", lock, age / 60, op)
                 lock.unlink(missing_ok=True)
-            elif announce:
+            else:
                 logger.warning("waiting for another process's build of DeepSpeed op %s (lock %s, %.0f s old); if "
                                "no build is running, delete that file", op, lock, age)
-        if announce and not any(build.glob(f"{op}*.so")):
+        if not any(build.glob(f"{op}*.so")):
             logger.warning("building DeepSpeed op %s (first run on this machine only, about 1-2 minutes) into %s",
                            op, build)
 

@@ -197,6 +197,7 @@ def test_eval_uses_the_same_rule_and_skips_a_corrupted_latest(run_copy, caplog):
         resolve_checkpoint(run_copy / "checkpoints" / "iter_000004")
 
 
+@pytest.mark.slow  # ~2.5 min (four 2-process launches); the single-process fall-back tests above run in CI
 def test_two_ranks_verify_and_fall_back_together(demo_data, tmp_path):
     """ZeRO-1 on 2 processes: a corrupted rank-1 RNG state in the newest checkpoint (accelerate alone
     would skip it silently) makes every rank resume from the previous one; the curve is unchanged."""

@@ -184,6 +184,7 @@ def test_other_zero_stages_by_config_file_only(demo_data, tmp_path, single_proce
         _assert_harness_matches_offline_eval(tmp_path / "run")
 
 
+@pytest.mark.slow  # ~1.5-2 min, mostly the first-run JIT build of DeepSpeed's cpu_adam op
 def test_zero1_optimizer_offload_runs_on_deepspeeds_cpu_adam(demo_data, tmp_path):
     """ds_configs/zero1_offload.json: DeepSpeed refuses a torch optimizer for a CPU-offloaded step, so the
     run builds DeepSpeed's CPU AdamW (JIT-built on first use; the same AdamW update as torch's, checked

@@ -171,31 +171,31 @@ def test_workers_exit_when_the_launcher_is_killed(demo_data, tmp_path):
     assert [r["reason"] for r in read_log(tmp_path) if r["type"] == "checkpoint"] == ["preempted"]
 
 
-def test_stale_deepspeed_build_lock_is_removed_and_the_run_starts(demo_data, tmp_path):
+def test_stale_deepspeed_build_lock_is_removed_and_a_first_build_announced(tmp_path, monkeypatch, caplog):
     """A build killed half-way leaves `lock` in torch's extension cache; every later DeepSpeed launch then
-    waited forever. Here the cache is a private copy (TORCH_EXTENSIONS_DIR) holding an old lock."""
-    from training.worker import STALE_BUILD_LOCK_S, extensions_root, use_venv_extensions_dir
+    waited on it forever, silently. The rank that announces (one per node) removes a lock older than any
+    real build and says so; a fresh lock (a build running now) is left alone with a message."""
+    import logging
 
-    before = os.environ.get("TORCH_EXTENSIONS_DIR")
-    use_venv_extensions_dir()  # where run.py builds: the machine's build of the op, if any
-    real = extensions_root() / "deepspeed_shm_comm"
-    if before is None:
-        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
-    cache = tmp_path / "ext"
-    op_dir = cache / "deepspeed_shm_comm"  # with TORCH_EXTENSIONS_DIR set, ops are built directly below it
-    op_dir.mkdir(parents=True)
-    if real.is_dir():  # reuse the machine's build so the test does not spend 2 minutes compiling
-        for f in real.iterdir():
-            if f.name != "lock":
-                (op_dir / f.name).write_bytes(f.read_bytes())
-    lock = op_dir / "lock"
+    from training.worker import STALE_BUILD_LOCK_S, check_jit_builds, extensions_root
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert extensions_root() == tmp_path
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(exist_ok=True)
     lock.touch()
+    check_jit_builds(["deepspeed_shm_comm"], announce=False)  # the other ranks never touch it
+    assert lock.exists()
+    with caplog.at_level(logging.INFO, logger="training"):
+        check_jit_builds(["deepspeed_shm_comm"], announce=True)
+    assert lock.exists() and "waiting for another process's build" in caplog.text  # fresh: a build may be running
     old = time.time() - STALE_BUILD_LOCK_S - 60
     os.utime(lock, (old, old))
-    code, log = run_training("cpu.yaml", *TINY_RUN, f"--data_dir={demo_data}", f"--out_dir={tmp_path / 'run'}",
-                             "--max_iters=2", env={"TORCH_EXTENSIONS_DIR": str(cache)}, timeout=420)
-    assert code == 0, failure(log)
-    assert "removing a stale build lock" in log and not lock.exists()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="training"):
+        check_jit_builds(["deepspeed_shm_comm"], announce=True)
+    assert not lock.exists() and "removing a stale build lock" in caplog.text
+    assert "building DeepSpeed op deepspeed_shm_comm (first run on this machine only" in caplog.text
 
 
 def test_tensorboard_tracker_with_2_processes_keeps_the_final_checkpoint(demo_data, tmp_path):
