@@ -10,23 +10,14 @@ import torch.nn.functional as F
 
 from modeling import DecoderConfig, DecoderForCausalLM, attention
 from modeling.attention import ATTENTION_FUNCTIONS, eager_attention, resolve_attn_implementation
+from reference_attention import reference_attention
 
 
 def _qkv(B=2, Tq=12, Tk=12, nh=4, nkv=2, hd=16):
     return torch.randn(B, Tq, nh, hd), torch.randn(B, Tk, nkv, hd), torch.randn(B, Tk, nkv, hd)
 
 
-def _reference(q, k, v, mask):
-    """Textbook attention with explicit per-head loops: independent of every backend's code."""
-    B, Tq, nh, hd = q.shape
-    group = nh // k.shape[2]
-    out = torch.empty_like(q)
-    for b in range(B):
-        for h in range(nh):
-            s = q[b, :, h] @ k[b, :, h // group].T / hd**0.5
-            s = s.masked_fill(~mask[b, 0], float("-inf"))
-            out[b, :, h] = torch.softmax(s, -1) @ v[b, :, h // group]
-    return out
+_reference = reference_attention  # tests/reference_attention.py
 
 
 @pytest.mark.parametrize("name", ["eager", "sdpa"])

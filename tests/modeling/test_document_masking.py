@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from modeling import DecoderConfig, DecoderForCausalLM, attention, to_hf
 from modeling.attention import ATTENTION_FUNCTIONS, document_ids, documents_from_position_ids
+from reference_attention import reference_attention
 
 TOL = 1e-5  # float32, same kernels: summation order only
 PRESETS = ["tiny-llama", "tiny-qwen3", "tiny-gpt2"]  # GQA + RoPE, qk-norm, learned positions + MHA
@@ -107,16 +108,7 @@ def test_gradients_equal_documents_alone():
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
-def _reference(q, k, v, mask):
-    """Textbook attention, per batch row and head, with an explicit (B, 1, T, T) may-attend mask."""
-    B, T, nh, hd = q.shape
-    group = nh // k.shape[2]
-    out = torch.empty_like(q)
-    for b in range(B):
-        for h in range(nh):
-            s = (q[b, :, h] @ k[b, :, h // group].T / hd**0.5).masked_fill(~mask[b, 0], float("-inf"))
-            out[b, :, h] = torch.softmax(s, -1) @ v[b, :, h // group]
-    return out
+_reference = reference_attention  # tests/reference_attention.py
 
 
 def test_documents_by_hand():
