@@ -72,8 +72,9 @@ def test_bench_writes_json(tmp_path: Path, small_corpus: Path, tokenizer_dir: Pa
     assert p["modes"][0]["task_tokens_per_cpu_s"] >= p["modes"][0]["tokens_per_cpu_s"]
     [ex] = result["extrapolation"]
     rate = p["modes"][0]["task_tokens_per_cpu_s"]
-    assert ex["hours_one_node"] == pytest.approx(117e9 / (rate * 64) / 3600, rel=0.01)
-    assert ex["hours_n_nodes"] == pytest.approx(ex["hours_one_node"] / 8, rel=0.01)
+    # the bench rounds hours to 2 decimals: on a fast run they are small, so allow that rounding too
+    assert ex["hours_one_node"] == pytest.approx(117e9 / (rate * 64) / 3600, rel=0.01, abs=0.006)
+    assert ex["hours_n_nodes"] == pytest.approx(ex["hours_one_node"] / 8, rel=0.01, abs=0.006)
     assert result["loader"][0]["batches_per_s"] > 0, result.get("loader_error")
     table = capsys.readouterr().out
     assert "raw encode_batch_fast" in table and "batches/s" in table and "one 64-core node" in table
