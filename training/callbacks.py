@@ -23,7 +23,7 @@ from modeling import mfu
 from . import checkpoint
 from .distributed import is_deepspeed, params_are_sharded, zero_stage
 from .console import format_record
-from .nonfinite import LossSpikes
+from .nonfinite import LossSpikes, global_grad_norm
 
 logger = logging.getLogger("training")
 
@@ -166,8 +166,7 @@ class TrainMetrics:
         acc = trainer.accelerator
         if (zero_stage(acc) == 0 and str(acc.mixed_precision) == "no"
                 and self._logs(trainer, trainer.state.iter + 1)):
-            grads = [p.grad for p in acc.unwrap_model(trainer.model).parameters() if p.grad is not None]
-            self.own_grad_norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+            self.own_grad_norm = global_grad_norm(acc.unwrap_model(trainer.model))
 
     def on_step_end(self, trainer, out) -> None:
         self.window_iters += 1

@@ -27,7 +27,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .config import NONFINITE_POLICIES as POLICIES  # one list, in the config (no torch there)
 NAN_TEST_ENV = "TRAINING_TEST_NAN_AT_ITERS"  # test hook: comma-separated iterations whose loss is made NaN
 EXIT_CODE = 3  # distinct from config errors (2): a supervisor can tell "diverged" from "misconfigured"
 
@@ -42,10 +41,16 @@ def is_finite(*values: Optional[torch.Tensor]) -> torch.Tensor:
     return torch.stack(flags).all() if flags else torch.tensor(True)
 
 
+def global_grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """Global L2 norm of the module's .grad tensors (full, already reduced: 1 process, DDP, ZeRO-0)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+
+
 class NonFiniteGuard:
+    """The run's verdict on non-finite steps (the policy is checked by TrainConfig.validate)."""
+
     def __init__(self, policy: str, max_skips: int, device: torch.device):
-        if policy not in POLICIES:
-            raise ValueError(f"nonfinite_policy={policy!r}: choose one of {POLICIES}")
         self.policy, self.max_skips, self.device = policy, max_skips, device
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # -1: every step so far was finite
         self.skipped_steps = 0

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed import is_deepspeed
-from .nonfinite import NAN_TEST_ENV, NonFiniteError, NonFiniteGuard, is_finite
+from .nonfinite import NAN_TEST_ENV, NonFiniteError, NonFiniteGuard, global_grad_norm, is_finite
 
 
 def nvtx(name: str):
@@ -189,8 +189,7 @@ class Trainer:
             # ZeRO-1/2/3 optimizers skip a step with a non-finite norm themselves (`overflow`); a plain
             # ZeRO-0 optimizer applies anything, so under policy skip the guard asks first (one sync).
             if skip_policy and not hasattr(engine.optimizer, "overflow"):
-                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-                norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+                norm = global_grad_norm(engine.module)
                 if not bool(torch.isfinite(norm)):
                     engine.zero_grad()
                     return norm, False
