@@ -40,7 +40,7 @@ DEMO = "training/recipes/demo_cpu.yaml"
 def bare_step(trainer, x, y) -> None:
     """The minimum a step needs: what a plain PyTorch (or DeepSpeed) loop would write."""
     model, acc = trainer.model, trainer.accelerator
-    for _ in range(trainer.grad_accum_steps):
+    for _ in range(trainer.batch.grad_accum_steps):
         loss = model(input_ids=x, shift_labels=y, return_logits=False).loss
         if is_deepspeed(acc):
             model.backward(loss)
@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
     result = {
         "world_size": acc.num_processes, "strategy": "DeepSpeed ZeRO-%s" % trainer.run_info.get("ds_stage")
         if is_deepspeed(acc) else type(trainer.model).__name__, "device": str(acc.device),
-        "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": trainer.grad_accum_steps, "seq_len": cfg.seq_len,
+        "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": trainer.batch.grad_accum_steps, "seq_len": cfg.seq_len,
         "log_interval": cfg.log_interval, "rounds": rounds, "iters_per_round": iters,
         "bare_ms": 1000 * statistics.median(bare), "trainer_ms": 1000 * statistics.median(full),
         "overhead_median": statistics.median(ratios) - 1, "overhead_per_round": [r - 1 for r in ratios],

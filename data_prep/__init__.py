@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PackedTokenDataset", "build_dataloader", "load_manifest", "check_vocab_compat"]
+__all__ = ["PackedTokenDataset", "build_dataloader", "load_manifest", "check_vocab_compat", "model_vocab_size"]
 
 _EXPORTS = {
     "PackedTokenDataset": "dataset",
     "build_dataloader": "dataset",
     "load_manifest": "manifest",
     "check_vocab_compat": "manifest",
+    "model_vocab_size": "manifest",
 }
 
 

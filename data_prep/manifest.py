@@ -308,7 +308,16 @@ def _merge(out: Path, run: dict[str, Any], records: list[dict[str, Any]]) -> dic
     }
 
 
-def check_vocab_compat(manifest: dict[str, Any], model_vocab_size: int) -> None:
+VOCAB_MULTIPLE = 128  # embedding rows are padded up to a multiple of this (tensor-core friendly matmul shapes)
+
+
+def model_vocab_size(manifest: dict[str, Any], multiple: int = VOCAB_MULTIPLE) -> int:
+    """The model vocabulary for this data when the recipe sets none: the tokenizer's length padded up to
+    a multiple of 128 (GPT-2's 50257 -> 50304 as in nanoGPT). Training, the sweep and the benchmarks use it."""
+    return -(-int(manifest["tokenizer"]["vocab_size"]) // multiple) * multiple
+
+
+def check_vocab_compat(manifest: dict[str, Any], vocab_size: int) -> None:
     """Raise if the data holds token ids the model's embedding table cannot index.
 
     The model may be larger (vocabularies are often padded up to a multiple of 64 or 128 for
@@ -316,10 +325,10 @@ def check_vocab_compat(manifest: dict[str, Any], model_vocab_size: int) -> None:
     out of bounds with an unhelpful device-side assert).
     """
     tok_vocab = int(manifest["tokenizer"]["vocab_size"])
-    if tok_vocab > model_vocab_size:
+    if tok_vocab > vocab_size:
         raise ValueError(
             f"vocabulary mismatch: the data was tokenized with {manifest['tokenizer']['name_or_path']!r} "
-            f"which has {tok_vocab} tokens, but the model's vocab_size is {model_vocab_size}. "
-            f"Set the model's vocab_size >= {tok_vocab} (e.g. {-(-tok_vocab // 128) * 128}, padded "
-            "to a multiple of 128), or re-prepare the data with the model's tokenizer."
+            f"which has {tok_vocab} tokens, but the model's vocab_size is {vocab_size}. "
+            f"Set the model's vocab_size >= {tok_vocab} (e.g. {model_vocab_size(manifest)}, padded "
+            f"to a multiple of {VOCAB_MULTIPLE}), or re-prepare the data with the model's tokenizer."
         )

@@ -16,10 +16,11 @@ from typing import Any
 from huggingface_hub.dataclasses import strict, type_validator
 from transformers import PreTrainedConfig
 
+from .names import ATTN_IMPLEMENTATIONS
+
 NORM_TYPES = ("layernorm", "rmsnorm")
 MLP_TYPES = ("swiglu", "gelu", "gelu_tanh", "relu", "silu")  # all but swiglu are a plain 2-layer MLP
 POSITION_EMBEDDINGS = ("learned", "rope")
-ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 
 
 @strict(accept_kwargs=True)
@@ -97,6 +98,15 @@ class DecoderConfig(PreTrainedConfig):
             "attn_implementation",
             f"unknown attention backend {attn!r}; choose one of {ATTN_IMPLEMENTATIONS}",
         )
+
+    def check_seq_len(self, seq_len: int, what: str = "seq_len") -> None:
+        """A learned position table has one row per position: longer sequences cannot be embedded
+        (RoPE has no such limit). One error for training, planning, benchmarks and generation."""
+        if self.position_embedding == "learned" and seq_len > self.max_position_embeddings:
+            raise ValueError(
+                f"{what}={seq_len} exceeds the learned position table (max_position_embeddings="
+                f"{self.max_position_embeddings}); use a shorter sequence or set max_position_embeddings >= {seq_len}"
+            )
 
     @property
     def is_gated_mlp(self) -> bool:

@@ -298,11 +298,7 @@ class DecoderModel(DecoderPreTrainedModel):
             documents = documents_from_position_ids(position_ids, self.config._attn_implementation)
 
         if self.config.position_embedding == "learned":
-            if past_len + T > self.config.max_position_embeddings:
-                raise ValueError(
-                    f"sequence of {past_len + T} tokens exceeds max_position_embeddings="
-                    f"{self.config.max_position_embeddings} of the learned position table"
-                )
+            self.config.check_seq_len(past_len + T, "sequence length")
             x = x + self.embed_positions(position_ids)
             rope = None
         else:

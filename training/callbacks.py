@@ -187,7 +187,7 @@ class TrainMetrics:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - self.window_start - (trainer.untimed_s - self.window_untimed)
         time_ms = 1000 * seconds / self.window_iters
-        tokens_per_sec = trainer.tokens_per_iter * self.window_iters / seconds
+        tokens_per_sec = trainer.batch.tokens_per_iter * self.window_iters / seconds
         per_gpu = tokens_per_sec / acc.num_processes
         record = {
             "type": "train", "iter": trainer.state.iter, "loss": loss, "lr": out.lr, "grad_norm": grad_norm,

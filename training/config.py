@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import runpy
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from typing import Any, Optional
 
 import yaml
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from .batch_plan import BatchPlan
+from .precision import PRECISION_NAMES
+
+PRECISIONS = ("auto", *PRECISION_NAMES)  # auto: what the accelerate config says
 # accelerate's `log_with` names (accelerate.utils.LoggerType, minus "all"); availability is checked at start
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab", "aim")
 NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py holds the behaviour (no torch import here)
@@ -103,11 +107,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.global_batch_size is not None and self.global_batch_tokens is not None:
             raise ValueError("set global_batch_size (sequences) or global_batch_tokens, not both")
-        if self.global_batch_tokens is not None and self.global_batch_tokens % self.seq_len:
-            raise ValueError(
-                f"global_batch_tokens={self.global_batch_tokens} is not a multiple of seq_len={self.seq_len}; "
-                f"use {self.global_batch_tokens // self.seq_len * self.seq_len} or set global_batch_size in sequences"
-            )
+        # Whatever divides at world_size N divides at 1: a batch that fails here fails on every cluster.
+        self.batch_plan(world_size=1)
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip", "loss_spike_zscore"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}={getattr(self, name)} is not a finite number")
@@ -129,24 +130,11 @@ class TrainConfig:
         if self.resume not in (None, "", "auto") and not Path(self.resume).is_dir():
             raise ValueError(f"resume={self.resume!r} is not a checkpoint directory (use 'auto' or a path to iter_XXXXXX)")
 
-    def global_batch_sequences(self, world_size: int) -> int:
-        if self.global_batch_size is not None:
-            return self.global_batch_size
-        if self.global_batch_tokens is not None:
-            return self.global_batch_tokens // self.seq_len
-        return self.micro_batch_size * world_size  # no accumulation
-
-    def grad_accum_steps(self, world_size: int) -> int:
-        """Accumulation steps so that micro_batch x world_size x steps = the global batch; checked exactly."""
-        global_seqs = self.global_batch_sequences(world_size)
-        per_step = self.micro_batch_size * world_size
-        if global_seqs % per_step:
-            options = [m for m in range(1, global_seqs + 1) if global_seqs % (m * world_size) == 0]
-            raise ValueError(
-                f"global batch of {global_seqs} sequences is not divisible by micro_batch_size={self.micro_batch_size} "
-                f"x world_size={world_size} = {per_step}; micro_batch_size values that divide it: {options[:12]}"
-            )
-        return global_seqs // per_step
+    def batch_plan(self, world_size: int) -> BatchPlan:
+        """Micro-batch x accumulation x world_size = the global batch, checked exactly: the one place a
+        run's batch arithmetic happens (training/batch_plan.py)."""
+        return BatchPlan.from_global(self.seq_len, self.micro_batch_size, world_size,
+                                     global_sequences=self.global_batch_size, global_tokens=self.global_batch_tokens)
 
     @property
     def decay_iters(self) -> int:
@@ -249,8 +237,11 @@ def load_config(recipe: Optional[str], overrides: dict[str, Any] | None = None) 
 # ----------------------------------------------------------------------------------------------------
 # --help: generated from the dataclass (types, defaults, choices) and the comment on each field
 # ----------------------------------------------------------------------------------------------------
+# The attention names live in modeling/names.py, a standard-library file loaded by path: importing it
+# through the `modeling` package would import torch, which --help must not wait for.
+_MODELING_NAMES = runpy.run_path(str(Path(__file__).resolve().parents[1] / "modeling" / "names.py"))
 CHOICES = {"precision": PRECISIONS, "nonfinite_policy": NONFINITE_POLICIES, "trackers": TRACKERS,
-           "attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
+           "attn_implementation": _MODELING_NAMES["ATTN_IMPLEMENTATIONS"]}
 
 
 def _field_docs() -> tuple[dict[str, str], dict[str, str]]:

@@ -14,12 +14,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+from .batch_plan import BatchPlan
 from .config import TrainConfig
+from .precision import from_accelerate, get_precision, torch_dtype
 
-_PRECISION_TO_ACCELERATE = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 
 
-def build_accelerator(cfg: TrainConfig, grad_accum_steps: int) -> Accelerator:
+def build_accelerator(cfg: TrainConfig, batch: BatchPlan) -> Accelerator:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -34,9 +35,9 @@ def build_accelerator(cfg: TrainConfig, grad_accum_steps: int) -> Accelerator:
         kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timeout))
     elif launched:
         kwargs_handlers.append(InitProcessGroupKwargs(timeout=timeout))
-    mixed_precision = None if cfg.precision == "auto" else _PRECISION_TO_ACCELERATE[cfg.precision]
+    mixed_precision = None if cfg.precision == "auto" else get_precision(cfg.precision).accelerate
     accelerator = Accelerator(
-        gradient_accumulation_steps=grad_accum_steps,
+        gradient_accumulation_steps=batch.grad_accum_steps,
         mixed_precision=mixed_precision,
         log_with=cfg.trackers or None,
         project_dir=cfg.out_dir,
@@ -61,14 +62,14 @@ def build_accelerator(cfg: TrainConfig, grad_accum_steps: int) -> Accelerator:
 
 
 def precision_name(accelerator: Accelerator) -> str:
-    return {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
+    return from_accelerate(accelerator.mixed_precision)
 
 
 def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, grad_accum_steps: int) -> None:
+def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, batch: BatchPlan) -> None:
     """Fill the DS JSON's batch and clipping fields from the recipe; refuse numbers that disagree.
 
     accelerate fills "auto" itself, but a number in the JSON silently wins over accelerate's
@@ -79,9 +80,9 @@ def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, grad_accum_s
     ds = plugin.deepspeed_config
     source = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the DeepSpeed config")
     expected = {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": grad_accum_steps,
-        "train_batch_size": cfg.micro_batch_size * grad_accum_steps * accelerator.num_processes,
+        "train_micro_batch_size_per_gpu": batch.micro_batch,
+        "gradient_accumulation_steps": batch.grad_accum_steps,
+        "train_batch_size": batch.global_sequences,
         "gradient_clipping": float(cfg.grad_clip),
     }
     for key, value in expected.items():
@@ -89,8 +90,8 @@ def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, grad_accum_s
         if current != "auto" and float(current) != float(value):
             raise ValueError(
                 f"{source} sets {key}={current} but the recipe gives {value} "
-                f"(micro_batch_size={cfg.micro_batch_size}, accumulation={grad_accum_steps}, "
-                f"world_size={accelerator.num_processes}, grad_clip={cfg.grad_clip}); set {key} to \"auto\" "
+                f"(micro_batch_size={batch.micro_batch}, accumulation={batch.grad_accum_steps}, "
+                f"world_size={batch.world_size}, grad_clip={cfg.grad_clip}); set {key} to \"auto\" "
                 "in the JSON: the recipe is the single source of truth"
             )
         ds[key] = value
@@ -136,7 +137,7 @@ def params_are_sharded(accelerator: Accelerator) -> bool:
 
 def compute_dtype(accelerator: Accelerator) -> torch.dtype:
     """The dtype matmuls and attention run in: bf16/fp16 under mixed precision or DeepSpeed's half modes."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name(accelerator), torch.float32)
+    return torch_dtype(precision_name(accelerator))
 
 
 def agree_on_resume(accelerator: Accelerator, resume_from):

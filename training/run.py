@@ -38,6 +38,7 @@ from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count
                       resolve_attn_implementation)
 from training import callbacks as cb
 from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, select_resume
+from training.batch_plan import BatchPlan
 from training.config import TrainConfig, help_text, load_config, parse_overrides
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
                                   optimizer_offloaded, precision_name, strategy_description)
@@ -52,10 +53,6 @@ _RUN_LOCK: list = []  # the out_dir lock of this process (rank 0), released by t
 
 
 
-def padded_vocab(n: int, multiple: int = 128) -> int:
-    return -(-n // multiple) * multiple
-
-
 def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.float32) -> DecoderForCausalLM:
     """dtype: what the run computes in (the weights are built in fp32 and cast or autocast later); it
     decides whether attn_implementation=auto may pick flash_attn, which takes fp16/bf16 only."""
@@ -63,8 +60,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.fl
     if cfg.attn_implementation == "auto":
         logger.info("attention: %s (%s)", attn, reason)
     config = DecoderConfig.from_preset(cfg.preset, vocab_size=vocab_size, attn_implementation=attn, **cfg.model_overrides)
-    if cfg.seq_len > config.max_position_embeddings and config.position_embedding == "learned":
-        raise ValueError(f"seq_len={cfg.seq_len} exceeds the learned position table ({config.max_position_embeddings})")
+    config.check_seq_len(cfg.seq_len)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = DecoderForCausalLM(config)
     if cfg.attn_implementation == "auto":  # the model was handed the resolved name: keep auto's reason
@@ -78,7 +74,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.fl
     return model
 
 
-def build_data(cfg: TrainConfig, rank: int, world_size: int, cuda: bool):
+def build_data(cfg: TrainConfig, batch: BatchPlan, rank: int, cuda: bool):
     """The train loader (shuffled, endless, resumable) and the val loader (a finite pass from its first
     batch at every evaluation; None without a val split or evals). `cuda`: the device is a GPU, which
     decides the num_workers / pin_memory defaults when the recipe leaves them None."""
@@ -93,6 +89,7 @@ def build_data(cfg: TrainConfig, rank: int, world_size: int, cuda: bool):
             f"--input CORPUS --tokenizer TOKENIZER --out {cfg.data_dir} --seq-len {cfg.seq_len} --val-fraction 0.01"
         )
     manifest = load_manifest(cfg.data_dir)
+    world_size = batch.world_size
     if cfg.verify_data:  # each rank hashes every world_size-th shard: the data is read once, not once per rank
         start = time.perf_counter()
         read = verify_shards(cfg.data_dir, rank=rank, world_size=world_size)
@@ -102,17 +99,18 @@ def build_data(cfg: TrainConfig, rank: int, world_size: int, cuda: bool):
     # the step runs; on CPU the step is the bottleneck and worker start-up would only slow tests.
     num_workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
     pin_memory = cfg.pin_memory if cfg.pin_memory is not None else cuda
-    train = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "train", shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size,
+    train = PackedTokenDataset(cfg.data_dir, batch.seq_len, "train", shuffle=True, seed=cfg.seed, rank=rank,
+                               world_size=world_size,
                                document_positions=cfg.document_masking)  # + position_ids restarting at each document
-    train_loader = build_dataloader(train, cfg.micro_batch_size, num_workers=num_workers, pin_memory=pin_memory)
+    train_loader = build_dataloader(train, batch.micro_batch, num_workers=num_workers, pin_memory=pin_memory)
     val_loader = None
     if "val" in manifest["splits"] and cfg.eval_interval > 0:
         # Finite (one pass, in order): every evaluation restarts at the first batch, and a resume
         # (which restores only the train loader) changes nothing. No workers: they would be started
         # afresh at every evaluation to read a few batches.
-        val = PackedTokenDataset(cfg.data_dir, cfg.seq_len, "val", shuffle=False, rank=rank, world_size=world_size,
+        val = PackedTokenDataset(cfg.data_dir, batch.seq_len, "val", shuffle=False, rank=rank, world_size=world_size,
                                  document_positions=cfg.document_masking)  # scored with the training attention
-        val_loader = build_dataloader(val, cfg.micro_batch_size, pin_memory=pin_memory)
+        val_loader = build_dataloader(val, batch.micro_batch, pin_memory=pin_memory)
     return manifest, train_loader, val_loader
 
 
@@ -169,22 +167,22 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
     rank calls it. (benchmarks/trainer_overhead.py times the trainer it returns against a bare loop.)"""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
         check_jit_builds(["deepspeed_shm_comm"], announce=os.environ.get("LOCAL_RANK", "0") == "0")
-    # The accelerator needs the accumulation steps, which need the world size: read it from the
-    # launcher's environment first (WORLD_SIZE), then check against the accelerator.
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    accum = cfg.grad_accum_steps(world_size)
-    accelerator = build_accelerator(cfg, accum)
-    if accelerator.num_processes != world_size:
-        raise RuntimeError(f"WORLD_SIZE={world_size} but accelerate sees {accelerator.num_processes} processes")
-    configure_deepspeed(accelerator, cfg, accum)
+    # The batch plan, worked out once: the accelerator needs its accumulation, which needs the world
+    # size, so it comes from the launcher's environment (WORLD_SIZE) and is checked against the accelerator.
+    batch = cfg.batch_plan(int(os.environ.get("WORLD_SIZE", "1")))
+    accelerator = build_accelerator(cfg, batch)
+    if accelerator.num_processes != batch.world_size:
+        raise RuntimeError(f"WORLD_SIZE={batch.world_size} but accelerate sees {accelerator.num_processes} processes")
+    logger.info(batch.describe())
+    configure_deepspeed(accelerator, cfg, batch)
     # verified against its manifest on every rank (auto falls back to the newest intact one) before anything loads
     resume_from = select_resume(accelerator, cfg, agree_on_resume(accelerator, resume_from))
 
-    manifest, train_loader, val_loader = build_data(cfg, accelerator.process_index, accelerator.num_processes,
+    manifest, train_loader, val_loader = build_data(cfg, batch, accelerator.process_index,
                                                     cuda=accelerator.device.type == "cuda")
-    from data_prep import check_vocab_compat
+    from data_prep import check_vocab_compat, model_vocab_size
 
-    vocab = cfg.vocab_size or padded_vocab(int(manifest["tokenizer"]["vocab_size"]))
+    vocab = cfg.vocab_size or model_vocab_size(manifest)
     check_vocab_compat(manifest, vocab)
     model = build_model(cfg, vocab, compute_dtype(accelerator))
     tokenizer = load_tokenizer(cfg.data_dir)
@@ -200,8 +198,7 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
     # pickle it and load it with weights_only=False): checkpoint.py saves its state as JSON.
 
     config = accelerator.unwrap_model(model).config
-    tokens_per_iter = cfg.global_batch_sequences(accelerator.num_processes) * cfg.seq_len
-    fpt = flops_per_token(config, cfg.seq_len)
+    fpt = flops_per_token(config, batch.seq_len)
     device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "cpu"
     peak = _peak_flops(device_name, precision_name(accelerator))
     run_info = {
@@ -215,9 +212,11 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
         "attn_reason": getattr(accelerator.unwrap_model(model), "attn_backend_reason", None),
         "activation_checkpointing_layers": [i for i, block in enumerate(accelerator.unwrap_model(model).model.layers)
                                             if getattr(block, "gradient_checkpointing", False)],
-        "seq_len": cfg.seq_len, "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": accum,
-        "global_batch_sequences": cfg.global_batch_sequences(accelerator.num_processes),
-        "tokens_per_iter": tokens_per_iter, "max_iters": cfg.max_iters,
+        "batch": batch.to_dict(),
+        # the same numbers under the flat names that analysis, eval and older logs read
+        "seq_len": batch.seq_len, "micro_batch_size": batch.micro_batch, "grad_accum_steps": batch.grad_accum_steps,
+        "global_batch_sequences": batch.global_sequences, "tokens_per_iter": batch.tokens_per_iter,
+        "max_iters": cfg.max_iters,
         "data": {"dir": cfg.data_dir, "tokens": {k: v["tokens"] for k, v in manifest["splits"].items()},
                  "tokenizer": manifest["tokenizer"]},
         "model_wrapper": type(model).__name__, "optimizer": optimizer_name,
@@ -233,8 +232,9 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
     ]
     if cfg.profile:
         callbacks.append(cb.Profiler(cfg.profile_start, cfg.profile_iters, cfg.out_dir))
-    trainer = Trainer(cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, tokenizer,
-                      accum, tokens_per_iter, callbacks, run_info)
+    trainer = Trainer(cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                      batch=batch, train_loader=train_loader, val_loader=val_loader, tokenizer=tokenizer,
+                      callbacks=callbacks, run_info=run_info)
     return trainer, resume_from
 
 

@@ -1,6 +1,6 @@
 """The training loop, and only the loop.
 
-One optimizer step = `grad_accum_steps` micro-batches: forward -> backward (accumulate) -> clip ->
+One optimizer step = `batch.grad_accum_steps` micro-batches: forward -> backward (accumulate) -> clip ->
 optimizer step -> LR schedule step, visible in `train_step` and `_backward_and_step`. Everything cross-cutting (logging,
 throughput/MFU, memory, gradient norms, validation, checkpoints, profiling, harness evals) is a
 callback in `callbacks.py` that reads the `StepOutput` this loop returns. No host syncs here:
@@ -15,11 +15,12 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from .batch_plan import BatchPlan
 from .distributed import is_deepspeed
 from .nonfinite import NAN_TEST_ENV, NonFiniteError, NonFiniteGuard, global_grad_norm, is_finite
 
@@ -52,13 +53,15 @@ class StepOutput:
 
 
 class Trainer:
-    def __init__(self, cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, tokenizer,
-                 grad_accum_steps: int, tokens_per_iter: int, callbacks: list, run_info: dict):
+    def __init__(self, *, cfg, accelerator, model, optimizer, scheduler, batch: BatchPlan, train_loader,
+                 val_loader=None, tokenizer=None, callbacks: Sequence = (), run_info: Optional[dict] = None):
+        """Keyword-only: what each part is, at the call site. `batch` is the run's BatchPlan (its
+        accumulation steps and tokens per iteration are read from it, never recomputed)."""
         self.cfg, self.accelerator = cfg, accelerator
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.batch = batch
         self.train_loader, self.val_loader, self.tokenizer = train_loader, val_loader, tokenizer
-        self.grad_accum_steps, self.tokens_per_iter = grad_accum_steps, tokens_per_iter
-        self.callbacks, self.run_info = callbacks, run_info
+        self.callbacks, self.run_info = list(callbacks), run_info if run_info is not None else {}
         self.state = TrainState()
         self.stop_requested = False  # set by SIGTERM/SIGINT on this rank
         self.preempted = False  # the ranks agreed to stop: checkpoint and exit
@@ -84,7 +87,7 @@ class Trainer:
         self._emit("on_step_begin")
         out = self.train_step()
         self.state.iter += 1
-        self.state.tokens += self.tokens_per_iter
+        self.state.tokens += self.batch.tokens_per_iter
         self._guard_step(out)
         self._emit("on_step_end", out)
         return out
@@ -135,7 +138,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         lr = self.scheduler.get_last_lr()[0]
         grad_norm, applied = None, True
-        for _ in range(self.grad_accum_steps):
+        for _ in range(self.batch.grad_accum_steps):
             with nvtx("data_fetch"):
                 x, y, *pos = next(self._batches)  # pos: [position_ids] under document_masking
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -161,7 +164,7 @@ class Trainer:
         finite = is_finite(loss_sum) if fp16 or grad_norm is None else is_finite(loss_sum, grad_norm)
         if not applied and not fp16:  # DeepSpeed skipped a step with a non-finite gradient norm
             finite = torch.zeros((), dtype=torch.bool, device=device)
-        return StepOutput(loss=loss_sum / self.grad_accum_steps, lr=lr, grad_norm=grad_norm, finite=finite,
+        return StepOutput(loss=loss_sum / self.batch.grad_accum_steps, lr=lr, grad_norm=grad_norm, finite=finite,
                           applied=applied)
 
     def _backward(self, loss: torch.Tensor) -> None:

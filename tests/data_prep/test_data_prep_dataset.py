@@ -430,3 +430,10 @@ def test_check_vocab_compat(prepared: Path) -> None:
     check_vocab_compat(m, 2176)  # padded up: fine
     with pytest.raises(ValueError, match=r"has 2048 tokens, but the model's vocab_size is 2000.*vocab_size >= 2048.*re-prepare"):
         check_vocab_compat(m, 2000)
+
+
+def test_model_vocab_size_pads_the_tokenizer_to_128():
+    from data_prep import model_vocab_size
+
+    for tokens, padded in ((50257, 50304), (2048, 2048), (2049, 2176), (151_669, 151_680)):
+        assert model_vocab_size({"tokenizer": {"vocab_size": tokens}}) == padded

@@ -81,3 +81,19 @@ def test_describe_cli_big_preset_without_allocation():
     assert info["flops_per_token"] > 1e10
     res = subprocess.run([sys.executable, "-m", "modeling.describe", "nope"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "known presets" in res.stderr
+
+
+def test_learned_position_table_length_is_checked_in_one_place():
+    """DecoderConfig.check_seq_len: the error training, the benchmarks and the model's forward raise."""
+    import torch
+
+    from modeling import DecoderForCausalLM
+
+    gpt2 = DecoderConfig.from_preset("tiny-gpt2")
+    gpt2.check_seq_len(gpt2.max_position_embeddings)  # fits exactly
+    with pytest.raises(ValueError, match=rf"seq_len={gpt2.max_position_embeddings + 1} exceeds the learned position table"):
+        gpt2.check_seq_len(gpt2.max_position_embeddings + 1)
+    DecoderConfig.from_preset("tiny-llama").check_seq_len(10**6)  # RoPE: no table
+    model = DecoderForCausalLM(gpt2)
+    with pytest.raises(ValueError, match="sequence length=.* exceeds the learned position table"):
+        model(input_ids=torch.zeros(1, gpt2.max_position_embeddings + 1, dtype=torch.long))

@@ -24,6 +24,12 @@ def test_demo_recipe_learns_and_logs_everything(demo_data, tmp_path):
                 "n_params", "tokens_per_iter", "device"):
         assert key in config, key
     assert config["attn_implementation"] == "sdpa" and config["attn_reason"] == "flash_attention_2 needs a CUDA GPU"
+    # the batch plan: the recipe's numbers over 2 ranks, logged once and printed at start
+    recipe, batch = config["recipe"], config["batch"]
+    assert (batch["seq_len"], batch["micro_batch"], batch["world_size"]) == (recipe["seq_len"], recipe["micro_batch_size"], 2)
+    assert batch["global_sequences"] == batch["micro_batch"] * batch["grad_accum_steps"] * 2
+    assert config["tokens_per_iter"] == batch["tokens_per_iter"] == batch["global_sequences"] * recipe["seq_len"]
+    assert f"{batch['tokens_per_iter']:,} tokens per iteration" in log
     train = [r for r in records if r["type"] == "train"]
     assert [r["iter"] for r in train] == list(range(10, 121, 10))
     for r in train:

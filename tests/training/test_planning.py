@@ -390,3 +390,28 @@ def test_batch_planner_recomputes_only_what_memory_demands():
         if -(-18 // sparser) < -(-18 // every):  # fewer blocks recomputed
             assert estimate_memory("llama3-1.5b", activation_checkpointing_every=sparser, **kwargs)["total_gib"] > plan["budget_gib"]
     assert 1 < every < 18 and f"--activation_checkpointing_every={every}" in " ".join(plan["notes"])
+
+
+# ------------------------------------------------------------------------------------------------
+# One source: what the planner assumes is what the model does
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", sorted(__import__("modeling").PRESETS))
+def test_planner_loss_chunk_is_the_models(preset, monkeypatch):
+    """The memory planner's chunk size for the chunked LM-head loss equals the one the model's forward
+    passes to the loss kernel, for every preset's vocabulary (a 1-layer, narrow copy of the preset:
+    the chunk depends on the vocabulary only)."""
+    from modeling import losses
+    from training.planning.memory import model_loss_chunk_size
+
+    config = DecoderConfig.from_preset(preset, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                       num_key_value_heads=2, head_dim=16, intermediate_size=32)
+    seen = []
+    apply = losses._LinearCrossEntropy.apply
+    monkeypatch.setattr(losses._LinearCrossEntropy, "apply",
+                        lambda h, w, t, chunk: seen.append(chunk) or apply(h, w, t, chunk))
+    torch.manual_seed(0)
+    model = DecoderForCausalLM(config)
+    ids = torch.randint(0, config.vocab_size, (1, 9))
+    model(input_ids=ids[:, :-1], shift_labels=ids[:, 1:], return_logits=False)
+    assert seen == [model_loss_chunk_size(config)]
+    assert estimate_memory(config, micro_batch=1, seq_len=8)["activation_model"]["loss_chunk_size"] == seen[0]

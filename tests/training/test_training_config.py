@@ -22,7 +22,7 @@ def test_every_recipe_loads_and_its_model_exists(recipe):
 def test_seed_recipe_qwen3_8xb200():
     cfg = load_config("training/recipes/qwen3_1.8b_8xb200.yaml")
     assert (cfg.preset, cfg.seq_len, cfg.micro_batch_size, cfg.max_iters) == ("qwen3-1.8b", 2048, 22, 162_000)
-    assert cfg.grad_accum_steps(world_size=8) == 2  # micro 22 x 8 GPUs x 2 = 352 sequences = 720,896 tokens
+    assert cfg.batch_plan(world_size=8).grad_accum_steps == 2  # micro 22 x 8 GPUs x 2 = 352 sequences = 720,896 tokens
     assert (cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.weight_decay, cfg.grad_clip) == (4e-4, 4e-5, 2000, 0.1, 1.0)
     assert (cfg.beta1, cfg.beta2, cfg.precision) == (0.9, 0.95, "bf16")
 
@@ -47,10 +47,10 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
 
 def test_accumulation_is_derived_and_checked():
     cfg = TrainConfig(micro_batch_size=4, global_batch_tokens=8 * 256, seq_len=256)
-    assert cfg.grad_accum_steps(world_size=1) == 2 and cfg.grad_accum_steps(world_size=2) == 1
+    assert cfg.batch_plan(world_size=1).grad_accum_steps == 2 and cfg.batch_plan(world_size=2).grad_accum_steps == 1
     cfg = TrainConfig(micro_batch_size=3, global_batch_size=16)
     with pytest.raises(ValueError, match=r"not divisible by micro_batch_size=3 x world_size=2 = 6.*\[1, 2, 4, 8\]"):
-        cfg.grad_accum_steps(world_size=2)
+        cfg.batch_plan(world_size=2).grad_accum_steps
     with pytest.raises(ValueError, match="not a multiple of seq_len"):
         TrainConfig(global_batch_tokens=1000, seq_len=256).validate()
 
@@ -186,3 +186,24 @@ def test_gpu_launch_config_without_gpus_is_refused(tmp_path, monkeypatch):
         worker.check_gpus_for_launch_config()
     monkeypatch.setattr(worker, "launch_config_file", lambda: repo / "accelerate_configs" / "cpu.yaml")
     worker.check_gpus_for_launch_config()  # the CPU config names no gpu_ids: fine
+
+
+def test_batch_plan_is_the_one_arithmetic():
+    """BatchPlan against hand arithmetic; the recipe, the planner and the sweep all build theirs with it."""
+    from training.batch_plan import BatchPlan
+
+    plan = BatchPlan.from_global(2048, 22, 8, global_tokens=720_896)
+    assert (plan.grad_accum_steps, plan.global_sequences, plan.tokens_per_iter) == (2, 352, 720_896)
+    assert plan.describe() == ("batch: 352 sequences x 2048 tokens = 720,896 tokens per iteration "
+                               "(micro-batch 22 x accumulation 2 x 8 ranks)")
+    assert BatchPlan.from_global(256, 4, 2) == BatchPlan(256, 4, 1, 2)  # no global batch: no accumulation
+    assert plan.to_dict()["tokens_per_iter"] == 720_896
+    with pytest.raises(ValueError, match="not both"):
+        BatchPlan.from_global(256, 4, 2, global_sequences=8, global_tokens=2048)
+    with pytest.raises(ValueError, match="not a whole number of 256-token sequences.*use 768 or 1024 tokens"):
+        BatchPlan.from_global(256, 4, 2, global_tokens=1000)
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        BatchPlan(256, 0, 1, 1)
+    # the recipe refuses a batch that divides on no cluster at load time, not at start-up
+    with pytest.raises(ValueError, match="not divisible by micro_batch_size=3 x world_size=1"):
+        TrainConfig(micro_batch_size=3, global_batch_size=16).validate()

@@ -37,7 +37,7 @@ from .scaling import (
 )
 from .memory import (
     ATTENTION_BACKENDS, CUDA_CONTEXT_GIB, DS_MAX_LIVE_PARAMETERS, DS_REDUCE_BUCKET, FRAGMENTATION, GIB,
-    LOSS_CHUNK_SIZE, STRATEGIES, STRATEGY_HELP, activation_memory, estimate_memory,
+    STRATEGIES, STRATEGY_HELP, activation_memory, estimate_memory,
 )
 from .batch import SAFETY_MARGIN, plan_batch
 from .timing import DEFAULT_SETUPS, estimate_time
@@ -50,7 +50,7 @@ __all__ = [
     "chinchilla_status", "closed_form_optimum", "family_config", "optimal",
     # memory
     "ATTENTION_BACKENDS", "CUDA_CONTEXT_GIB", "DS_MAX_LIVE_PARAMETERS", "DS_REDUCE_BUCKET", "FRAGMENTATION", "GIB",
-    "LOSS_CHUNK_SIZE", "STRATEGIES", "STRATEGY_HELP", "activation_memory", "estimate_memory",
+    "STRATEGIES", "STRATEGY_HELP", "activation_memory", "estimate_memory",
     # batch
     "SAFETY_MARGIN", "plan_batch",
     # timing

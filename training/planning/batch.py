@@ -8,6 +8,7 @@ from typing import Any
 
 from modeling import DecoderConfig
 
+from ..batch_plan import BatchPlan
 from ..hardware import GPU_MEMORY_GB, canonical_gpu_name
 from .memory import ATTENTION_BACKENDS, STRATEGIES, estimate_memory
 
@@ -76,15 +77,9 @@ def plan_batch(
     max_fit = largest_fit()
 
     notes: list[str] = []
-    if global_batch_tokens is not None and global_batch_sequences is not None:
-        raise ValueError("give --global-batch-tokens or --global-batch-sequences, not both")
-    if global_batch_tokens is not None:
-        if global_batch_tokens % seq_len:
-            raise ValueError(
-                f"global batch of {global_batch_tokens} tokens is not a whole number of {seq_len}-token sequences; "
-                f"use {global_batch_tokens // seq_len * seq_len} or {(global_batch_tokens // seq_len + 1) * seq_len}"
-            )
-        global_batch_sequences = global_batch_tokens // seq_len
+    if global_batch_tokens is not None:  # sequences, or the one error for a batch that is not whole sequences
+        global_batch_sequences = BatchPlan.from_global(seq_len, 1, 1, global_sequences=global_batch_sequences,
+                                                       global_tokens=global_batch_tokens).global_sequences
     result: dict[str, Any] = {
         "gpu": gpu, "num_gpus": num_gpus, "gpu_memory_gib": capacity, "safety_margin": safety_margin,
         "budget_gib": budget, "preset": preset, "seq_len": seq_len, "strategy": strategy, "precision": precision,
@@ -94,7 +89,6 @@ def plan_batch(
     if global_batch_sequences is None:
         micro, accum = max_fit, 1
         notes.append("no global batch given: accumulation 1 at the largest micro-batch that fits")
-        global_batch_sequences = micro * num_gpus
     else:
         if global_batch_sequences % num_gpus:
             lower = global_batch_sequences // num_gpus * num_gpus
@@ -117,6 +111,7 @@ def plan_batch(
         L = config.num_hidden_layers
         every = max(n for n in range(1, L + 1) if total(micro, activation_checkpointing_every=n) <= budget)
         common["activation_checkpointing_every"] = every
+    plan = BatchPlan(seq_len, micro, accum, num_gpus)  # the arithmetic a run with this recipe does
     mem = estimate_memory(config, micro_batch=micro, **common)
     if activation_checkpointing:
         recomputed = mem["activation_model"]["recomputed_layers"]
@@ -131,10 +126,10 @@ def plan_batch(
                          f"FLOPs per step, more accumulation steps): `batch` without --activation-checkpointing plans it")
     result.update(
         activation_checkpointing_every=every,
-        micro_batch=micro, grad_accum_steps=accum, global_batch_sequences=global_batch_sequences,
-        tokens_per_iter=global_batch_sequences * seq_len, memory_gib=mem["total_gib"],
-        memory_components_gib=mem["components_gib"],
-        divisibility=f"{global_batch_sequences} = {micro} (micro) x {accum} (accum) x {num_gpus} (GPUs)",
+        micro_batch=plan.micro_batch, grad_accum_steps=plan.grad_accum_steps,
+        global_batch_sequences=plan.global_sequences, tokens_per_iter=plan.tokens_per_iter,
+        memory_gib=mem["total_gib"], memory_components_gib=mem["components_gib"],
+        divisibility=f"{plan.global_sequences} = {micro} (micro) x {accum} (accum) x {num_gpus} (GPUs)",
         notes=notes,
     )
     return result

@@ -12,6 +12,7 @@ from ..analysis import fmt, format_table, summarize, write_json
 from ..hardware import known_gpus
 from . import __doc__ as PACKAGE_DOC  # usage and conventions: the description --help prints
 from .batch import SAFETY_MARGIN, plan_batch
+from ..precision import PRECISION_NAMES
 from .memory import ATTENTION_BACKENDS, STRATEGIES, STRATEGY_HELP, estimate_memory
 from .scaling import COMPLIANT_BAND, FAMILIES, TOKENS_PER_PARAM, chinchilla, optimal
 from .timing import DEFAULT_SETUPS, estimate_time
@@ -183,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", required=True, help=f"one of: {presets}")
         p.add_argument("--seq-len", type=_int, default=2048, help="tokens per sequence (default 2048)")
-        p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+        p.add_argument("--precision", default="bf16", choices=PRECISION_NAMES,
                        help="bf16/fp16 mixed precision or pure fp32 (default bf16)")
         p.add_argument("--attention", default="flash", choices=list(ATTENTION_BACKENDS),
                        help="flash/sdpa: O(S) activations; eager: O(S^2) score matrices (default flash)")

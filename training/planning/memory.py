@@ -4,7 +4,11 @@ _model_state_terms and estimate_memory."""
 
 from __future__ import annotations
 
-from modeling import DecoderConfig, count_parameters
+from modeling import DecoderConfig, DecoderForCausalLM, count_parameters
+from modeling.losses import auto_chunk_size
+from modeling.names import ATTN_IMPLEMENTATIONS
+
+from ..precision import get_precision
 
 GIB = 2**30  # bytes per GiB: every memory figure here is in GiB
 
@@ -17,13 +21,19 @@ STRATEGY_HELP = {
     "zero3": "DeepSpeed ZeRO-3: + parameters partitioned",
     "fsdp": "PyTorch FSDP2 full shard, bf16 compute over fp32 sharded parameters",
 }
-ATTENTION_BACKENDS = {"flash": "flash", "flash_attention_2": "flash", "sdpa": "sdpa", "eager": "eager"}
+# The planner's attention names: the model's (modeling/names.py) plus "flash" for flash_attention_2.
+ATTENTION_BACKENDS = {"flash": "flash", **{name: "flash" if name == "flash_attention_2" else name
+                                          for name in ATTN_IMPLEMENTATIONS if name != "auto"}}
 CUDA_CONTEXT_GIB = 1.0  # CUDA context + loaded kernels (roughly 0.5 GiB per torch process) + cuBLAS/NCCL workspaces
 FRAGMENTATION = 0.05  # caching-allocator slack: reserved exceeds allocated by a few % in steady training
 # DeepSpeed knobs as this repo's ds_configs set them (elements, not bytes).
 DS_REDUCE_BUCKET = 5e8  # reduce_bucket_size in zero1/2/3.json
 DS_MAX_LIVE_PARAMETERS = 1e9  # stage3_max_live_parameters in zero3.json
-LOSS_CHUNK_SIZE = 1024  # tokens per chunk of modeling.losses.linear_cross_entropy (DecoderForCausalLM.loss_chunk_size)
+
+
+def model_loss_chunk_size(config: DecoderConfig) -> int:
+    """Tokens per chunk of the model's chunked LM-head loss, as DecoderForCausalLM.forward sizes it."""
+    return DecoderForCausalLM.loss_chunk_size or auto_chunk_size(config.vocab_size)
 
 
 def _norm_bytes(config: DecoderConfig, width: int, e: int, r: int) -> int:
@@ -48,7 +58,7 @@ def activation_memory(
     checkpointing: bool = False,
     checkpoint_every: int = 1,
     loss: str = "chunked",
-    loss_chunk_size: int = LOSS_CHUNK_SIZE,
+    loss_chunk_size: int | None = None,
 ) -> dict:
     """Activation bytes of one micro-batch: the per-layer, per-token formula and the totals.
 
@@ -89,8 +99,8 @@ def activation_memory(
     The saved-tensor part is checked byte for byte against what autograd saves on CPU, for every
     family, precision and backend (tests/training/test_planning.py); the backward working set is a model."""
     attention = ATTENTION_BACKENDS.get(attention, attention)
-    if attention not in ("flash", "sdpa", "eager"):
-        raise ValueError(f"unknown attention backend {attention!r}; choose flash, sdpa or eager")
+    if attention not in ATTENTION_BACKENDS.values():
+        raise ValueError(f"unknown attention backend {attention!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
     e, r = compute_bytes, residual_bytes
     h, L, V, s = config.hidden_size, config.num_hidden_layers, config.vocab_size, seq_len
     a, hd = config.num_attention_heads, config.head_dim
@@ -135,6 +145,8 @@ def activation_memory(
     mask = e * s * s if attention == "eager" else 0  # the additive causal mask each eager layer adds (not kept)
 
     tokens = micro_batch * seq_len
+    if loss_chunk_size is None:  # what the model's chunked loss uses (modeling/losses.py)
+        loss_chunk_size = model_loss_chunk_size(config)
     if loss == "plain":
         loss_working = tokens * 8 * V
     else:
@@ -157,7 +169,7 @@ def activation_memory(
     return {
         "attention": attention, "compute_bytes": e, "residual_bytes": r, "checkpointing": checkpointing,
         "checkpoint_every": checkpoint_every if checkpointing else None, "recomputed_layers": recomputed, "kept": kept,
-        "loss": loss, "loss_working_bytes": loss_working,
+        "loss": loss, "loss_chunk_size": loss_chunk_size if loss != "plain" else None, "loss_working_bytes": loss_working,
         "per_layer_per_token_bytes": terms, "layer_bytes_per_token": layer,
         "layer_bytes_per_token_over_h": layer / h,
         "once_per_token_bytes": head, "per_micro_batch_bytes": per_batch, "eager_mask_bytes_per_layer": mask,
@@ -293,9 +305,8 @@ def estimate_memory(
         config = DecoderConfig.from_preset(config)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    precision = {"bf16": "bf16", "fp16": "bf16", "fp32": "fp32"}.get(precision, precision)
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"unknown precision {precision!r}; choose bf16 (mixed, also covers fp16) or fp32")
+    # fp16 costs what bf16 costs (same bytes, same master copies): the formulas below say "bf16" for both
+    precision = "bf16" if get_precision(precision).mixed else "fp32"
     if micro_batch < 1 or seq_len < 1 or world_size < 1:
         raise ValueError(f"micro_batch, seq_len and world_size must be >= 1 (got {micro_batch}, {seq_len}, {world_size})")
     if grad_accum_dtype is None:
