@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job on its embedded defaults: the whole stack end to end on CPU in a few minutes.
 #   model -> data (tokenize + pack the shipped Shakespeare sample) -> train (DeepSpeed ZeRO-1, 2 CPU
-#   processes under accelerate launch) -> checkpoint + native HF export -> lm-eval ARC/OBQA on the
-#   shipped fixtures -> run analysis (summary table + plots)
+#   processes under accelerate's launcher, training/launch.py) -> checkpoint + native HF export ->
+#   lm-eval ARC/OBQA on the shipped fixtures -> run analysis (summary table + plots)
 # Outputs: data/demo/ (token shards + manifest) and runs/demo/ (log.jsonl, checkpoints/, analysis/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +20,10 @@ echo "== 2. data: tokenize and pack the shipped corpus with the shipped BPE toke
 python -m data_prep.prepare --input tests/assets/corpus --tokenizer tests/assets/tokenizer --out "$DATA" \
     --seq-len 128 --val-fraction 0.05 --overwrite
 
-echo "== 3. train: accelerate launch, DeepSpeed ZeRO-1 on 2 CPU processes (training/recipes/demo_cpu.yaml)"
+echo "== 3. train: DeepSpeed ZeRO-1 on 2 CPU processes (training/recipes/demo_cpu.yaml); Ctrl-C checkpoints and stops"
 rm -rf "$OUT"  # the demo starts fresh; real runs continue with --resume=auto instead
-accelerate launch --config_file accelerate_configs/cpu.yaml training/run.py \
+# `accelerate launch` with one line instead of torchrun's traceback on Ctrl-C (training/launch.py)
+python -m training.launch --config_file accelerate_configs/cpu.yaml training/run.py \
     --recipe training/recipes/demo_cpu.yaml --data_dir="$DATA" --out_dir="$OUT"
 echo "checkpoints: $(ls "$OUT/checkpoints" | tr '\n' ' ')"
 

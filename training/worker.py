@@ -91,17 +91,17 @@ def check_jit_builds(ops: list[str], announce: bool) -> None:
 
 
 def launch_config_file() -> Path | None:
-    """The --config_file that `accelerate launch` was given, read from the launcher's command line (the
-    workers' parent): accelerate passes the file's settings on as environment variables but not whether
-    it asked for GPUs."""
+    """The --config_file that `accelerate launch` (or `python -m training.launch`) was given, read from the
+    launcher's command line (the workers' parent): accelerate passes the file's settings on as environment
+    variables but not whether it asked for GPUs."""
     try:
         argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
     except OSError:
         return None
-    for i, arg in enumerate(argv):
-        if arg == "--config_file" and i + 1 < len(argv):
+    for i, arg in enumerate(argv):  # accelerate accepts --config-file too
+        if arg in ("--config_file", "--config-file") and i + 1 < len(argv):
             return Path(argv[i + 1])
-        if arg.startswith("--config_file="):
+        if arg.startswith(("--config_file=", "--config-file=")):
             return Path(arg.split("=", 1)[1])
     return None
 
