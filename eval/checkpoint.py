@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training import checkpoint_layout as layout  # standard library only: no torch/accelerate import
+from training import checkpoint_layout as layout, run_log  # standard library only: no torch/accelerate import
 
 from .errors import EvalError
 
@@ -91,14 +91,6 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _find_run_dir(start: Path, max_up: int = 3) -> Path | None:
-    """The nearest ancestor (or start itself) holding log.jsonl: the training run dir."""
-    for candidate in [start, *list(start.parents)[:max_up]]:
-        if (candidate / "log.jsonl").is_file():
-            return candidate
-    return None
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -139,7 +131,7 @@ def resolve_checkpoint(spec: str | Path) -> ResolvedCheckpoint:
             raise EvalError(f"{path} is not a complete training checkpoint (no {layout.MANIFEST}: its save did not "
                             "finish). Pass an earlier checkpoint, or its model/ directory to evaluate the weights as they are.")
         if (path / "config.json").is_file():
-            return ResolvedCheckpoint(spec=spec, kind="model-dir", model=str(path), run_dir=_find_run_dir(path))
+            return ResolvedCheckpoint(spec=spec, kind="model-dir", model=str(path), run_dir=run_log.find_run_dir(path))
         contents = sorted(p.name for p in path.iterdir())[:10]
         raise EvalError(
             f"{path} is not a model: expected config.json (a save_pretrained / exported model), model/ "
@@ -161,7 +153,7 @@ def _from_training_checkpoint(spec: str, ckpt: Path, verified: bool = False) -> 
     state = _read_json(state_file) if state_file.is_file() else {}
     return ResolvedCheckpoint(
         spec=spec, kind="training-checkpoint", model=str(ckpt / "model"), checkpoint_dir=ckpt,
-        run_dir=_find_run_dir(ckpt), trainer_state=state,
+        run_dir=run_log.find_run_dir(ckpt), trainer_state=state,
     )
 
 

@@ -1,8 +1,8 @@
 """What a training run's files say about a checkpoint: for model cards.
 
-Reads `OUT/log.jsonl` (a "config" record, then "train", "eval", "checkpoint", ... records; see
-the README, Training, "Run log") and, when the config record names it, the data manifest (`<data dir>/manifest.json`)
-for the Hub datasets the corpus came from. A run may still be going or have been killed, so
+Reads `OUT/log.jsonl` through training/run_log.py (a "config" record, then "train", "eval",
+"checkpoint", ... records; docs/formats.md, Run log) and, when the config record names it, the data
+manifest (`<data dir>/manifest.json`) for the Hub datasets the corpus came from. A run may still be going or have been killed, so
 unreadable lines are skipped with a warning naming file and line rather than failing the export.
 """
 
@@ -11,40 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from training import run_log  # standard library only: no torch/accelerate import
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunLog:
-    path: Path | None = None
-    config: dict[str, Any] = field(default_factory=dict)  # the last "config" record (a resume writes a new one)
-    train: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-
-
-def read_run_log(path: Path | None) -> RunLog:
-    run = RunLog(path=path)
-    if path is None or not path.is_file():
-        return run
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            log.warning("%s:%d: skipping unreadable line (%s)", path, lineno, e.msg)
-            continue
-        kind = rec.get("type") if isinstance(rec, dict) else None
-        if kind == "config":
-            run.config = rec
-        elif kind == "train":
-            run.train.append(rec)
-        elif kind == "eval":
-            run.evals.append(rec)
+def read_run_log(run_dir: Path | None) -> run_log.RunLog:
+    """The run dir's log as training/run_log.py reads it (an empty RunLog when there is none); lines
+    that are not JSON are skipped with a warning naming file and line."""
+    if run_dir is None or not run_log.log_path(run_dir).is_file():
+        return run_log.RunLog(path=run_log.log_path(run_dir) if run_dir else None)
+    run = run_log.read(run_dir)
+    for skipped in run.skipped:
+        if skipped.kind == "unreadable":
+            log.warning("%s:%d: skipping unreadable line (%s)", run.path, skipped.line, skipped.detail)
     return run
 
 
@@ -122,14 +105,14 @@ def training_summary(run_dir: Path | None, trainer_state: dict[str, Any] | None 
     Speed figures are medians over the train records up to the checkpoint, without the first
     (it includes compilation and warm-up).
     """
-    run = read_run_log(run_dir / "log.jsonl" if run_dir else None)
+    run = read_run_log(run_dir)
     state = trainer_state or {}
     upto = state.get("iter")
-    train = [r for r in run.train if upto is None or r.get("iter", 0) <= upto]
+    train = [r for r in run.of_type("train") if upto is None or r.get("iter", 0) <= upto]
     steady = train[1:] if len(train) > 1 else train
     cfg = run.config
     last = train[-1] if train else {}
-    evals = [r for r in run.evals if upto is None or r.get("iter", 0) <= upto]
+    evals = [r for r in run.of_type("eval") if upto is None or r.get("iter", 0) <= upto]
     tokens = state.get("tokens") if state.get("tokens") is not None else last.get("tokens")
     if tokens is None and upto is not None and cfg.get("tokens_per_iter"):
         tokens = upto * cfg["tokens_per_iter"]

@@ -2,7 +2,7 @@
 
     python -m training.analysis runs/qwen3_b200 runs/llama3_a6000 [--out DIR] [--json FILE|-] [--no-plots]
 
-Reads `<run_dir>/log.jsonl` (README, Training, "Run log"): a "config" record, then "train" records
+Reads `<run_dir>/log.jsonl` (training/run_log.py; docs/formats.md, Run log): a "config" record, then "train" records
 (iter, loss, lr, grad_norm, tokens, tokens_per_sec, mfu, tflops, time_ms, mem_*_gb), "eval" records (val_loss and
 the eval's own time_ms), "checkpoint" records, maybe "eval_harness" records. A resumed run appends
 a new "config" record (with "start_iter") after truncating the records past its checkpoint.
@@ -18,7 +18,7 @@ start_iter). With a record every iteration this is plain sum(time_ms) / 1000. ev
 records carry their own time_ms, which is NOT training time and is reported separately.
 
 Lines that are empty or not JSON (a line cut short when a run was killed) are skipped and counted,
-never fatal. Writes summary.md, summary.json and PNG plots (matplotlib, Agg backend) to
+never fatal (run_log.read). Writes summary.md, summary.json and PNG plots (matplotlib, Agg backend) to
 `--out` (default `<first run dir>/analysis/`).
 """
 
@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-LOG_NAME = "log.jsonl"
+from training import run_log
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,42 +88,6 @@ def write_json(obj: Any, target: str | None) -> None:
         Path(target).write_text(text + "\n")
 
 
-# ------------------------------------------------------------------------------------------------
-# Reading
-# ------------------------------------------------------------------------------------------------
-def resolve_log(path: str | Path) -> Path:
-    """A run directory (holding log.jsonl) or the log file itself."""
-    p = Path(path)
-    log = p / LOG_NAME if p.is_dir() else p
-    if not log.is_file():
-        raise FileNotFoundError(
-            f"no run log at {log}: pass a run directory holding {LOG_NAME} (the trainer's out_dir) or the file itself"
-        )
-    return log
-
-
-def read_log(path: str | Path) -> tuple[list[dict], int]:
-    """(records, number of skipped lines). Skips empty lines, non-JSON lines (a run killed mid-write
-    leaves a truncated last line) and JSON values that are not objects with a "type"."""
-    records, skipped = [], 0
-    with open(resolve_log(path), encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                skipped += 1
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            if not isinstance(rec, dict) or "type" not in rec:
-                skipped += 1
-                continue
-            records.append(rec)
-    return records, skipped
-
-
 def _find_key(obj: Any, key: str) -> Any:
     """First value of `key` in a (nested) config record: the trainer flattens run_info into the
     record, older or other writers may nest it under "config" or "recipe"."""
@@ -146,14 +110,13 @@ def _num(x: Any) -> float | None:
 # ------------------------------------------------------------------------------------------------
 def summarize(log_path: str | Path) -> dict:
     """Totals and figures of one run log (see the module docstring for the time accounting)."""
-    log = resolve_log(log_path)
-    records, skipped = read_log(log)
+    parsed = run_log.read(log_path)
+    log, records, skipped = parsed.path, parsed.records, len(parsed.skipped)
     counts: dict[str, int] = {}
     for r in records:
         counts[r["type"]] = counts.get(r["type"], 0) + 1
 
-    configs = [r for r in records if r["type"] == "config"]
-    config = configs[-1] if configs else {}
+    configs, config = parsed.configs, parsed.config
     tokens_per_iter = _num(_find_key(config, "tokens_per_iter"))
     max_iters = _find_key(config, "max_iters")
 
@@ -449,14 +412,14 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, p
     """Summaries + ranking (+ plots); writes summary.md and summary.json to out_dir."""
     if not run_dirs:
         raise ValueError("no run directories given")
-    logs = [resolve_log(d) for d in run_dirs]
+    logs = [run_log.resolve(d) for d in run_dirs]
     out = Path(out_dir) if out_dir else logs[0].parent / "analysis"
     summaries = rank_runs([summarize(log) for log in logs])
     result: dict[str, Any] = {"runs": summaries, "out_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     if plots:
         by_name = {s["log"]: s["run"] for s in summaries}
-        result["plots"] = plot_runs([(by_name[str(log)], read_log(log)[0]) for log in logs], out)
+        result["plots"] = plot_runs([(by_name[str(log)], run_log.read(log).records) for log in logs], out)
     md = ["# Run analysis", "", summary_table(summaries, markdown=True), "",
           "Training time excludes eval and checkpoint time (their records' time_ms are reported apart). "
           "MFU is per GPU against the dense peak of training/hardware.py; '-' where the log has none (CPU)."]

@@ -2,15 +2,13 @@
 on_train_start, on_step_begin, on_step_end(StepOutput), on_preempt, on_train_end.
 
 Each records what it measures into the run log (`<out_dir>/log.jsonl`, one JSON object per line,
-each with a "type"). Host syncs (`.item()`) happen only on log/eval/checkpoint steps.
+each with a "type": training/run_log.py). Host syncs (`.item()`) happen only on log/eval/checkpoint steps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 
 from modeling import mfu
 
-from . import checkpoint
+from . import checkpoint, run_log
 from .distributed import is_deepspeed, params_are_sharded, zero_stage
 from .console import format_record
 from .nonfinite import LossSpikes, global_grad_norm
@@ -30,10 +28,11 @@ logger = logging.getLogger("training")
 
 # ------------------------------------------------------------------------------------------------
 class JsonlLogger:
-    """Rank 0 appends records to log.jsonl (config first), prints a console line, feeds trackers."""
+    """Rank 0: the run log through its one writer (training/run_log.py; config record first), a console
+    line per record, the trackers."""
 
     def __init__(self, out_dir: str):
-        self.path = Path(out_dir) / "log.jsonl"
+        self.writer = run_log.RunLogWriter(run_log.log_path(out_dir))
         self.max_iters = 0
         self._start: Optional[tuple[float, int]] = None  # (wall time, iteration) when this session began
 
@@ -41,11 +40,9 @@ class JsonlLogger:
         acc = trainer.accelerator
         if not acc.is_main_process:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if trainer.state.iter > 0 and self.path.exists():
-            self._truncate_after(trainer.state.iter)  # the killed run logged past its last checkpoint
-        elif self.path.exists():  # a fresh run in a reused out_dir: keep the old log aside, never mix them
-            os.replace(self.path, self.path.with_name(f"log.{int(self.path.stat().st_mtime)}.jsonl"))
+        # a resume cuts back what the killed run logged past its checkpoint; a fresh run in a reused
+        # out_dir keeps the old log aside, never mixing them
+        self.writer.begin(trainer.state.iter)
         self.max_iters = trainer.cfg.max_iters
         self._start = (time.perf_counter(), trainer.state.iter)
         self.write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
@@ -53,23 +50,8 @@ class JsonlLogger:
             acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name,
                               config={k: v for k, v in trainer.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
 
-    def _truncate_after(self, iteration: int) -> None:
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-            if rec.get("type") == "config" or rec.get("iter", 0) <= iteration:
-                kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
-
     def write(self, record: dict[str, Any]) -> None:
-        record = {"type": record["type"], "time": round(time.time(), 3), **{k: v for k, v in record.items() if k != "type"}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        record = self.writer.write(record)
         elapsed = eta = None
         if record["type"] == "train" and self._start is not None:
             elapsed = time.perf_counter() - self._start[0]

@@ -1,11 +1,12 @@
-"""training.analysis on synthetic run logs with known totals."""
+"""training.analysis on synthetic run logs with known totals, written by the run log's own writer."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from training.analysis import analyze, main, read_log, summarize
+from training import run_log
+from training.analysis import analyze, main, summarize
 
 
 def _train(it, loss, time_ms, mfu=0.4, **extra):
@@ -16,9 +17,14 @@ def _train(it, loss, time_ms, mfu=0.4, **extra):
 
 
 def _write(run_dir: Path, records: list, tail: str = "") -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r) + "\n" for r in records) + tail
-    (run_dir / "log.jsonl").write_text(text)
+    """The records through the trainer's writer (training/run_log.py), then `tail` as raw text: what a
+    kill mid-write leaves."""
+    writer = run_log.RunLogWriter(run_log.log_path(run_dir))
+    writer.begin(start_iter=0)
+    for record in records:
+        writer.write(record)
+    with open(writer.path, "a") as f:
+        f.write(tail)
     return run_dir
 
 
@@ -77,7 +83,8 @@ def test_garbage_only_log_does_not_crash(tmp_path):
     run = tmp_path / "junk"
     run.mkdir()
     (run / "log.jsonl").write_text("\n\nnot json\n[1, 2]\n{\"no_type\": 1}\n{\"type\": \"train\", \"it")
-    records, skipped = read_log(run)
+    log = run_log.read(run)
+    records, skipped = log.records, len(log.skipped)
     assert records == [] and skipped == 6
     s = summarize(run)
     assert s["iters"] == 0 and s["train_time_s"] == 0 and s["tokens_per_sec"] is None and s["skipped_lines"] == 6
