@@ -1,5 +1,6 @@
 """The data directory contract: token dtype, manifest.json, the checks every reader runs, and
 `finalize`, which turns the per-task records of a `prepare` run into manifest.json.
+The format, field by field, with the shards and the loader state: docs/formats.md, section 1.
 
 A prepared data directory (manifest version 2):
 

@@ -9,7 +9,7 @@ A shard is datatrove's TokenizedFile format, written with datatrove's own `Token
 `shard_tokens` tokens at document boundaries (a single longer document gets a shard of its own),
 computes each shard's sha256, token and document counts and max token id WHILE writing (so
 finishing never re-reads the data), and writes under a hidden temporary name that is renamed into
-place when the shard is complete.
+place when the shard is complete. Field-by-field description: docs/formats.md, section 1.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Parameter and FLOPs accounting from the config alone (no weights are allocated), and MFU.
 
-One definition, used everywhere (README, "Models"):
+One definition, used everywhere (docs/flops_and_mfu.md, with a worked example and the nanoGPT comparison):
   training FLOPs per token = 6 * N + 12 * L * H * S          (PaLM, Chowdhery et al. 2022, appendix B)
   N = non-embedding parameters + the output projection (the LM head is a matmul even when tied;
       the token/position embeddings are lookups), L = layers, H = n_heads * head_dim, S = sequence length.

@@ -1,5 +1,6 @@
 """The on-disk rules of a training checkpoint, shared by training/ and eval/ (standard library only:
-importing it loads no torch, accelerate or DeepSpeed, so eval/ may use it).
+importing it loads no torch, accelerate or DeepSpeed, so eval/ may use it). Every file of a checkpoint,
+with what writes and reads it: docs/formats.md, section 3.
 
     OUT/checkpoints/iter_000123/    complete: its name has no .tmp suffix and it holds manifest.json
         manifest.json               size + sha256 of every other file; written last, just before the

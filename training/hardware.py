@@ -3,7 +3,7 @@
 Every figure is a DENSE peak (no 2:4 structured sparsity) per GPU, from the vendor datasheet or
 architecture whitepaper; NVIDIA's headline tensor numbers are "with sparsity" (marked * in their
 tables) and are exactly twice the dense ones, so each dense figure below is half the starred one.
-MFU (README, "Models") divides achieved FLOP/s per GPU by these numbers.
+MFU (docs/flops_and_mfu.md) divides achieved FLOP/s per GPU by these numbers.
 
 dtype keys: "bf16" / "fp16" (tensor cores, FP32 accumulate: what PyTorch matmuls use), "tf32"
 (tensor cores on fp32 tensors, when torch.backends.cuda.matmul.allow_tf32 is on), "fp32" (CUDA
