@@ -2,9 +2,9 @@
 
 The data: every shard of a split
 --------------------------------
-A split is a list of shards (manifest v2: `splits.{split}.shards`, files DIR/{split}/NNNNN.ds with
-an optional NNNNN.ds.index of cumulative document ends; manifest v1: one DIR/{split}.bin, no
-index). Shard s of n_s tokens holds (n_s - 1) // T fixed samples: sample j is tokens
+A split is a list of shards (manifest v2: `splits.{split}.shards`, files DIR/{split}/TTTTT_PPPPP.ds
+with an optional .ds.index of cumulative document ends; manifest v1: one DIR/{split}.bin, no index;
+docs/formats.md, section 1, has every field and the loader state). Shard s of n_s tokens holds (n_s - 1) // T fixed samples: sample j is tokens
 [j*T, j*T + T + 1) of that shard, so consecutive samples share one token (the last label of one is
 the first input of the next: every token but a shard's tail is predicted exactly once), and no
 sample crosses a shard end. The split's samples are numbered 0 .. N-1, shard by shard.

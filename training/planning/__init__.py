@@ -20,7 +20,7 @@ Conventions (stated once, used everywhere below):
   with their tokenizer: compare architectures and budgets with it, do not expect your loss values.
 - Compute: the closed form uses C = 6*N*D (Kaplan's approximation, as Hoffmann's closed form does);
   the architecture grid uses this repo's FLOPs per token (modeling.flops_per_token: 6*N_matmul +
-  12*L*H*S, PaLM appendix B), so D = C / flops_per_token(config, seq_len).
+  12*L*H*S, PaLM appendix B; docs/flops_and_mfu.md), so D = C / flops_per_token(config, seq_len).
 - Memory is in GiB (2^30 bytes); the vendor's "80 GB" is taken as 80 GiB (see training/hardware.py).
 """
 
