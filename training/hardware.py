@@ -141,6 +141,19 @@ def peak_flops(gpu: str | None, dtype: str) -> float | None:
     return PEAK_FLOPS[canonical_gpu_name(gpu)].get(canonical_dtype(dtype))
 
 
+def matmul_dtype(precision: str) -> str:
+    """The peak-table column a run's matmuls reach: an fp32 run multiplies on TF32 tensor cores when
+    torch allows it (torch.set_float32_matmul_precision("high"/"medium")), else on CUDA cores. Training's
+    MFU and the benchmarks' both read it, so one run gets one MFU."""
+    dtype = canonical_dtype(precision)
+    if dtype == "fp32":
+        import torch
+
+        if torch.get_float32_matmul_precision() != "highest":
+            return "tf32"
+    return dtype
+
+
 def gpu_memory_gb(gpu: str) -> float:
     return GPU_MEMORY_GB[canonical_gpu_name(gpu)]
 

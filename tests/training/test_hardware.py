@@ -120,3 +120,17 @@ def test_detect_device_with_a_simulated_gpu(monkeypatch, name, canonical):
     assert info == {"device": "cuda", "name": name, "canonical": canonical, "count": 8, "memory_gb": 80.0}
     # an unknown GPU gives no peak (MFU null) instead of crashing the trainer
     assert (peak_flops(info["canonical"], "bf16") is None) == (canonical is None)
+
+
+def test_fp32_runs_are_measured_against_the_peak_their_matmuls_reach():
+    """TF32 tensor cores when torch allows them, CUDA cores otherwise; half precisions are themselves."""
+    from training.hardware import matmul_dtype
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert matmul_dtype("fp32") == "fp32" and matmul_dtype("no") == "fp32"
+        torch.set_float32_matmul_precision("high")
+        assert matmul_dtype("fp32") == "tf32" and matmul_dtype("bf16") == "bf16" and matmul_dtype("fp16") == "fp16"
+    finally:
+        torch.set_float32_matmul_precision(before)
