@@ -242,9 +242,9 @@ def _peak_flops(device_name: str, precision: str):
     if device_name == "cpu":
         return None
     try:
-        from training.hardware import canonical_gpu_name, peak_flops
+        from training.hardware import canonical_gpu_name, matmul_dtype, peak_flops
 
-        return peak_flops(canonical_gpu_name(device_name), precision)
+        return peak_flops(canonical_gpu_name(device_name), matmul_dtype(precision))
     except (ImportError, ValueError, KeyError) as exc:
         logger.warning("no peak FLOPs for %r (%s): MFU will be null", device_name, exc)
         return None
