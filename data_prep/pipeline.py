@@ -15,6 +15,11 @@ finally writes DIR/.prepare/tasks/TTTTT.json, the task's record. A task is all o
 interrupted one is rerun from its start (its shards are deterministic, so the result is the same
 bytes) and datatrove's completion markers (DIR/.prepare/datatrove/completions/) skip finished
 ones. The task that finds every record present writes manifest.json (`manifest.finalize`).
+
+The console (`route_datatrove_console`): datatrove's task logger prints at INFO on stderr the pipeline's
+description when a task starts and a stats block when it ends, per task and again for the run. Those
+stay in its files (DIR/.prepare/datatrove/logs/task_NNNNN.log at DEBUG, stats/); the console gets
+warnings and errors from anyone, and one line per finished task from TokenizeToShards.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +35,8 @@ from typing import Any, Iterator
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.utils import logging as datatrove_logging
+from datatrove.utils.logging import logger
 
 from .atomic import atomic_write_json
 from .readers import ReadStats
@@ -36,6 +44,57 @@ from .shards import CRASH_ENV, ShardSet, SimulatedCrash, doc_to_val, pack_flat, 
 from .sources import ReadOptions, Unit, shard_units
 
 STATE_DIR = ".prepare"  # run settings, task records, datatrove logs and completion markers
+# Console lines: "INFO data_prep.pipeline: task 00003 done: ...", "WARNING datatrove.executor.base: ..."
+CONSOLE_FORMAT = "<level>{level}</level> {name}: <level>{message}</level>"
+
+
+def _to_console(record: dict) -> bool:
+    """Warnings and errors from anyone, plus the lines a step marks `progress` (logger.bind(progress=True)).
+    Not the exception a task failed with: datatrove logs it (with every frame's variables: in the task's
+    log file) and re-raises it, and whoever ran the task reports it (prepare's `error: ...`)."""
+    if record["exception"] is not None and record["name"].startswith("datatrove.executor"):
+        return False
+    return record["level"].no >= logger.level("WARNING").no or bool(record["extra"].get("progress"))
+
+
+def _console_sink() -> None:
+    logger.add(sys.stderr, level="DEBUG", filter=_to_console, format=CONSOLE_FORMAT,
+               colorize=datatrove_logging.DATATROVE_COLORIZE_LOGS)
+
+
+def _setup_default_logger() -> None:
+    """datatrove's default logger (between tasks, after the run) with our console filter."""
+    logger.remove()
+    _console_sink()
+
+
+def _add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+    """datatrove.utils.logging.add_task_logger with our console sink: the task's log file as datatrove
+    writes it (DEBUG, datatrove's format), stderr through `_to_console` instead of everything at INFO."""
+    logger.remove()
+    logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+    node_prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
+    logger.add(logfile, colorize=datatrove_logging.DATATROVE_COLORIZE_LOG_FILES, level="DEBUG",
+               format=f"{node_prefix}{{time:YYYY-MM-DD HH:mm:ss.SSS}} | <level>{{level: <8}}</level> | "
+                      "{name}:{function}:{line} - <level>{message}</level>")
+    _console_sink()
+    logger.info(f"Launching pipeline for {rank=}")
+    return logfile
+
+
+def route_datatrove_console() -> None:
+    """Swap datatrove's two logger set-ups (the task's, and the default one that close_task_logger restores)
+    for ours. Called when this module is imported: every process that runs a task imports it before the
+    task starts (a pool worker or a Slurm/Ray task unpickles the pipeline's steps from here)."""
+    import datatrove.executor.base as executor_base
+
+    if hasattr(executor_base, "add_task_logger") and hasattr(datatrove_logging, "setup_default_logger"):
+        executor_base.add_task_logger = _add_task_logger
+        datatrove_logging.setup_default_logger = _setup_default_logger
+        _setup_default_logger()
+
+
+route_datatrove_console()
 
 
 def task_record_path(out: Path, task: int) -> Path:
@@ -116,8 +175,10 @@ class TokenizeToShards(PipelineStep):
 
     def __init__(self, out: str, tokenizer_json: str, reader: ReadCorpus, *, dtype: str, eos_id: int,
                  bos_id: int | None, splits: list[str], seed: int, val_fraction: float,
-                 shard_tokens: int, task_budget: int | None, batch_chars: int, threads: int) -> None:
+                 shard_tokens: int, task_budget: int | None, batch_chars: int, threads: int,
+                 progress: bool = True) -> None:
         super().__init__()
+        self.progress = progress  # one console line per finished task
         self.out, self.tokenizer_json, self.reader = out, tokenizer_json, reader
         self.dtype, self.eos_id, self.bos_id = dtype, eos_id, bos_id
         self.splits, self.seed, self.val_fraction = splits, seed, val_fraction
@@ -200,6 +261,11 @@ class TokenizeToShards(PipelineStep):
         path = task_record_path(out, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)  # the task's shards are complete once this exists
+        if self.progress:
+            done = sum(1 for _ in path.parent.glob("*.json"))  # every node's, on a shared directory
+            documents, tokens = (sum(getattr(shards[s], n) for s in self.splits) for n in ("documents", "tokens"))
+            logger.bind(progress=True).info(f"task {rank:05d} done: {documents:,} documents, {tokens:,} tokens in "
+                                            f"{record['seconds']:.1f} s ({done}/{world_size} tasks done)")
         from .manifest import finalize
 
         finalize(out, only_if_complete=True)

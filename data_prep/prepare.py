@@ -218,7 +218,7 @@ def prepare(
             str(out.resolve()), tok.backend_tokenizer.to_str(), reader, dtype=DTYPES[dtype_name].name,
             eos_id=eos_id, bos_id=bos_id, splits=splits, seed=seed, val_fraction=val_fraction,
             shard_tokens=shard_tokens, task_budget=task_budget, batch_chars=chunk_chars,
-            threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
+            threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0, progress=progress,
         )
         mine = node_tasks(tasks, node_rank, num_nodes)
         ex = _executor(executor, [reader, writer], out, tasks, workers, mine, executor_options or {})
@@ -227,12 +227,11 @@ def prepare(
                         os.environ["TOKENIZERS_PARALLELISM"])
         t_loop = time.perf_counter()
         global _RUNNING_EXECUTOR
-        with _quiet_datatrove(out, progress):
-            _RUNNING_EXECUTOR = True
-            try:
-                ex.run()
-            finally:
-                _RUNNING_EXECUTOR = False
+        _RUNNING_EXECUTOR = True
+        try:
+            ex.run()  # the console: warnings and a line per task (pipeline.route_datatrove_console)
+        finally:
+            _RUNNING_EXECUTOR = False
         seconds = time.perf_counter() - t_loop
         if executor == "local":
             # A task that finished in an earlier session (or on a node that died before writing
@@ -369,23 +368,6 @@ def _executor(kind: str, pipeline: list, out: Path, tasks: int, workers: int, mi
                          "`ray start --head` / `ray start --address ...` on the nodes).") from None
     return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir,
                                cpus_per_task=options.get("cpus_per_task", 1))
-
-
-@contextlib.contextmanager
-def _quiet_datatrove(out: Path, progress: bool) -> Iterator[None]:
-    """datatrove logs every task to DIR/.prepare/datatrove/logs/ and, at INFO, to the console.
-    Without progress its console output of this process goes to DIR/.prepare/console.log."""
-    if progress:
-        yield
-        return
-    from datatrove.utils.logging import logger
-
-    with open(out / STATE_DIR / "console.log", "a") as f, contextlib.redirect_stderr(f):
-        try:
-            yield
-        finally:
-            logger.remove()  # handlers bound to the file above; back to warnings on the console
-    logger.add(sys.stderr, level="WARNING")
 
 
 def format_summary(manifest: dict[str, Any], out: Path) -> str:
