@@ -1,18 +1,22 @@
-"""Cross-cutting work as small callbacks the Trainer calls at fixed points:
-on_train_start, on_step_begin, on_step_end(StepOutput), on_preempt, on_train_end.
+"""Cross-cutting work as small callbacks the Trainer calls at fixed points: each subclasses Callback,
+whose methods are the hooks (on_train_start, on_step_begin, on_before_optimizer_step, on_step_end,
+on_preempt, on_train_abort, on_train_end, on_log).
 
-Each records what it measures into the run log (`<out_dir>/log.jsonl`, one JSON object per line,
-each with a "type": training/run_log.py). Host syncs (`.item()`) happen only on log/eval/checkpoint steps.
+Each records what it measures through `trainer.log(record)`, the one metrics path: rank 0 hands the
+record to JsonlLogger, which appends it to the run log (`<out_dir>/log.jsonl`, training/run_log.py),
+prints its console line and feeds the accelerate trackers. Host syncs (`.item()`) happen only on
+log/eval/checkpoint steps.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import resource
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -23,13 +27,65 @@ from .distributed import is_deepspeed, params_are_sharded, zero_stage
 from .console import format_record
 from .nonfinite import LossSpikes, global_grad_norm
 
+if TYPE_CHECKING:
+    from .trainer import StepOutput, Trainer
+
 logger = logging.getLogger("training")
 
 
 # ------------------------------------------------------------------------------------------------
-class JsonlLogger:
-    """Rank 0: the run log through its one writer (training/run_log.py; config record first), a console
-    line per record, the trackers."""
+class Callback:
+    """The hooks the Trainer calls, in order, each a no-op here: a callback overrides those it needs.
+    Every hook runs on every rank unless it says otherwise; one that runs a collective must do so
+    on every rank at the same point (they do: the hooks are called at the same step everywhere).
+
+    A method named on_* that is not a hook (a misspelt one would silently never run) is refused
+    when its class is defined."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first iteration (after a resume loaded its checkpoint: trainer.state.iter is the
+        iteration training continues from)."""
+
+    def on_step_begin(self, trainer: Trainer) -> None:
+        """Before each optimizer step's first micro-batch; trainer.state.iter counts the steps done."""
+
+    def on_before_optimizer_step(self, trainer: Trainer) -> None:
+        """After the last micro-batch's backward (gradients reduced across ranks; under DeepSpeed in
+        ZeRO's partitioned buffers), before clipping and the optimizer step."""
+
+    def on_step_end(self, trainer: Trainer, out: StepOutput) -> None:
+        """After the step: trainer.state.iter and tokens advanced, the non-finite guard fed. `out` holds
+        the step's loss and gradient norm as device tensors (reading them is a host sync)."""
+
+    def on_preempt(self, trainer: Trainer) -> None:
+        """The ranks agreed to stop (SIGTERM/SIGINT on one of them) after this step: save what must be
+        saved; on_train_end follows."""
+
+    def on_train_abort(self, trainer: Trainer) -> None:
+        """The run dies (non-finite loss or gradients under policy stop); the error propagates after."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last iteration: max_iters reached, or stopped after on_preempt."""
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Rank 0 only: a run-log record passed to trainer.log (training/run_log.py RECORD_TYPES)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in vars(cls):
+            if name.startswith("on_") and name not in HOOKS:
+                close = difflib.get_close_matches(name, HOOKS, n=1)
+                raise TypeError(f"{cls.__name__}.{name} is not a Trainer hook"
+                                + (f": did you mean {close[0]}?" if close else f" (hooks: {', '.join(HOOKS)})"))
+
+
+HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
+
+
+# ------------------------------------------------------------------------------------------------
+class JsonlLogger(Callback):
+    """Rank 0, where every trainer.log record arrives: the run log through its one writer
+    (training/run_log.py; config record first), a console line per record, the accelerate trackers."""
 
     def __init__(self, out_dir: str):
         self.writer = run_log.RunLogWriter(run_log.log_path(out_dir))
@@ -45,12 +101,19 @@ class JsonlLogger:
         self.writer.begin(trainer.state.iter)
         self.max_iters = trainer.cfg.max_iters
         self._start = (time.perf_counter(), trainer.state.iter)
-        self.write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
+        self._write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
         if trainer.cfg.trackers:
             acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name,
                               config={k: v for k, v in trainer.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
 
-    def write(self, record: dict[str, Any]) -> None:
+    def on_log(self, trainer, record: dict[str, Any]) -> None:
+        self._write(record)
+        if trainer.cfg.trackers:  # the names: run_log.tracker_metrics (<type>/<field>; iter is the step)
+            metrics = run_log.tracker_metrics(record)
+            if metrics:
+                trainer.accelerator.log(metrics, step=record.get("iter"))
+
+    def _write(self, record: dict[str, Any]) -> None:
         record = self.writer.write(record)
         elapsed = eta = None
         if record["type"] == "train" and self._start is not None:
@@ -67,14 +130,6 @@ class JsonlLogger:
         # checkpoint's collectives still need: called from a callback it cost the final checkpoint).
         for tracker in trainer.accelerator.trackers:
             tracker.finish()
-
-
-def _main_only_write(trainer, record: dict) -> None:
-    if trainer.accelerator.is_main_process:
-        trainer.log(record)
-    if trainer.cfg.trackers:
-        trainer.accelerator.log({f"{record['type']}/{k}": v for k, v in record.items()
-                                 if isinstance(v, (int, float)) and k != "iter"}, step=record.get("iter"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,7 +170,7 @@ def _proc_status_kb() -> dict[str, int]:
     return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines if line.startswith("Vm"))}
 
 
-class TrainMetrics:
+class TrainMetrics(Callback):
     """The `train` record every log_interval iterations: loss, lr, grad norm, speed, MFU, memory.
 
     Time per iteration is the wall time of the log window divided by its iterations, minus the time
@@ -182,18 +237,18 @@ class TrainMetrics:
         self.reset_memory_peak = True  # at the next step's start: after this step's evals and checkpoints
         if not math.isfinite(loss):
             record["nonfinite_loss"] = True
-        _main_only_write(trainer, record)
+        trainer.log(record)
         zscore = self.spikes.update(loss) if self.spikes is not None else None
         if zscore is not None:
             logger.warning("loss spike at iteration %d: %.4f is %.1f standard deviations above the recent mean",
                            trainer.state.iter, loss, zscore)
-            _main_only_write(trainer, {"type": "loss_spike", "iter": trainer.state.iter, "loss": loss,
+            trainer.log({"type": "loss_spike", "iter": trainer.state.iter, "loss": loss,
                                        "zscore": round(zscore, 2)})
         self.window_start, self.window_iters = None, 0
 
 
 # ------------------------------------------------------------------------------------------------
-class LayerGradNorms:
+class LayerGradNorms(Callback):
     """Per-layer gradient norms (before clipping) every N iterations.
 
     Read in on_before_optimizer_step, when the reduced gradients exist on every backend: p.grad for
@@ -225,7 +280,7 @@ class LayerGradNorms:
         if self.norms and trainer.is_step(self.interval):
             record = {"type": "grad_norms", "iter": trainer.state.iter,
                       "layers": {k: float(v) for k, v in self.norms.items()}}  # sync: every N iterations only
-            _main_only_write(trainer, record)
+            trainer.log(record)
             self.norms = {}
 
 
@@ -238,7 +293,7 @@ def _layer_key(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-class Validation:
+class Validation(Callback):
     """Validation loss every eval_interval iterations and at the end."""
 
     def on_step_end(self, trainer, out) -> None:
@@ -249,12 +304,12 @@ class Validation:
             start = time.perf_counter()
             with trainer.untimed():
                 val_loss = trainer.evaluate()
-            _main_only_write(trainer, {"type": "eval", "iter": trainer.state.iter, "val_loss": val_loss,
+            trainer.log({"type": "eval", "iter": trainer.state.iter, "val_loss": val_loss,
                                        "val_ppl": math.exp(min(val_loss, 50.0)),
                                        "time_ms": 1000 * (time.perf_counter() - start)})
 
 
-class Checkpointer:
+class Checkpointer(Callback):
     """Periodic checkpoints, one at the end (with the native HF export), and one on preemption."""
 
     def on_step_end(self, trainer, out) -> None:
@@ -275,12 +330,12 @@ class Checkpointer:
         with trainer.untimed():
             path = checkpoint.save_checkpoint(trainer, export_hf=export)
         # bytes: what the next save needs free (keeping K checkpoints needs room for K+1)
-        _main_only_write(trainer, {"type": "checkpoint", "iter": trainer.state.iter, "path": str(path),
+        trainer.log({"type": "checkpoint", "iter": trainer.state.iter, "path": str(path),
                                    "reason": reason, "time_ms": 1000 * (time.perf_counter() - start),
                                    "bytes": checkpoint.layout.directory_bytes(path)})
 
 
-class HarnessEval:
+class HarnessEval(Callback):
     """lm-eval ARC-Easy / ARC-Challenge / OpenBookQA on rank 0 every N iterations (eval/harness.py)."""
 
     def __init__(self, interval: int, data_dir: Optional[str], limit: Optional[int]):
@@ -317,7 +372,7 @@ def _gathered_copy(acc, wrapped, config):
     return checkpoint.model_from_full_state(config, state) if acc.is_main_process else None
 
 
-class Profiler:
+class Profiler(Callback):
     """A torch.profiler trace of iterations [profile_start, profile_start + profile_iters) per rank."""
 
     def __init__(self, start: int, iters: int, out_dir: str):
@@ -348,6 +403,5 @@ class Profiler:
             self.prof.export_chrome_trace(str(self.out / f"trace_rank{rank}.json"))
             sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
             (self.out / f"top_ops_rank{rank}.txt").write_text(self.prof.key_averages().table(sort_by=sort, row_limit=40))
-            if trainer.accelerator.is_main_process:
-                trainer.log({"type": "profile", "iter": trainer.state.iter, "path": str(self.out)})
+            trainer.log({"type": "profile", "iter": trainer.state.iter, "path": str(self.out)})
         self.prof = None

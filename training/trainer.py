@@ -21,13 +21,17 @@ import torch
 import torch.distributed as dist
 
 from .batch_plan import BatchPlan
+from .callbacks import Callback
 from .distributed import is_deepspeed
 from .nonfinite import NAN_TEST_ENV, NonFiniteError, NonFiniteGuard, global_grad_norm, is_finite
 
 
 def nvtx(name: str):
-    """An NVTX range for Nsight Systems on CUDA; nothing elsewhere."""
-    return torch.cuda.nvtx.range(name) if torch.cuda.is_available() else contextlib.nullcontext()
+    """An NVTX range for Nsight Systems on CUDA; nothing elsewhere. A benchmark that times the step's
+    phases sets `nvtx.recorder` (benchmarks/timing.py PhaseTimer): it then wraps and times each range."""
+    rng = torch.cuda.nvtx.range(name) if torch.cuda.is_available() else contextlib.nullcontext()
+    recorder = getattr(nvtx, "recorder", None)
+    return rng if recorder is None else recorder(name, rng)
 
 
 @dataclass
@@ -62,6 +66,9 @@ class Trainer:
         self.batch = batch
         self.train_loader, self.val_loader, self.tokenizer = train_loader, val_loader, tokenizer
         self.callbacks, self.run_info = list(callbacks), run_info if run_info is not None else {}
+        for i, cb in enumerate(self.callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] ({type(cb).__name__}) is not a training.callbacks.Callback: subclass it")
         self.state = TrainState()
         self.stop_requested = False  # set by SIGTERM/SIGINT on this rank
         self.preempted = False  # the ranks agreed to stop: checkpoint and exit
@@ -103,9 +110,8 @@ class Trainer:
                     self._emit("on_preempt")
                     break
         except NonFiniteError as exc:
-            if self.accelerator.is_main_process:
-                self.log({"type": "nonfinite", "iter": self.state.iter, "policy": self.cfg.nonfinite_policy,
-                          "skipped_steps": self.guard.skipped_steps, "message": str(exc)})
+            self.log({"type": "nonfinite", "iter": self.state.iter, "policy": self.cfg.nonfinite_policy,
+                      "skipped_steps": self.guard.skipped_steps, "message": str(exc)})
             self._emit("on_train_abort")
             raise
         self._emit("on_train_end")
@@ -120,8 +126,7 @@ class Trainer:
                 self.guard.step_applied()
             elif self._is_nonfinite_skip():
                 self.guard.step_skipped(self.state.iter)
-                if self.accelerator.is_main_process:
-                    self.log({"type": "skipped_step", "iter": self.state.iter, "skipped_steps": self.guard.skipped_steps})
+                self.log({"type": "skipped_step", "iter": self.state.iter, "skipped_steps": self.guard.skipped_steps})
         cfg, it = self.cfg, self.state.iter
         if it == cfg.max_iters or it % cfg.log_interval == 0 or any(
                 self.is_step(n) for n in (cfg.eval_interval, cfg.checkpoint_interval, cfg.harness_interval)):
@@ -262,13 +267,18 @@ class Trainer:
             self.untimed_s += time.perf_counter() - start
 
     def log(self, record: dict[str, Any]) -> None:
-        for cb in self.callbacks:
-            if hasattr(cb, "write"):
-                cb.write(record)
+        """The one metrics path, callable on any rank: every record of the run (the loop's own and every
+        callback's; types in training/run_log.py) goes here. Rank 0 hands it to the callbacks' on_log
+        (JsonlLogger: run log, console line, trackers); the other ranks drop it, as their records would
+        repeat rank 0's (values are reduced across ranks before they are logged)."""
+        if self.accelerator.is_main_process:
+            for cb in self.callbacks:  # directly: mostly called from inside a hook that _emit is running
+                cb.on_log(self, record)
 
-    def _emit(self, event: str, *args) -> None:
+    def _emit(self, hook: str, *args) -> None:
+        """Call `hook` (a Callback method name) on every callback: each is a Callback, so each has it."""
         for cb in self.callbacks:
-            getattr(cb, event, lambda *a: None)(self, *args)
+            getattr(cb, hook)(self, *args)
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum, frame):
