@@ -24,6 +24,7 @@ import copy
 import datetime
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -102,6 +103,58 @@ def prepared_tasks(tasks: str | Sequence[str] | None, data_dir: str | Path | Non
     with tempfile.TemporaryDirectory(prefix="llmstack-eval-") as scratch:
         manager, task_objs = load_tasks(names, data_dir, Path(scratch))
         yield names, manager, task_objs
+
+
+# lm-eval's modules with progress bars (building each task's requests, tokenizing, scoring) and no switch
+# the evaluator passes on: their `tqdm` is swapped for a disabled one while we evaluate.
+_LM_EVAL_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+
+
+@contextlib.contextmanager
+def quiet_console(verbose: bool = False) -> Iterator[None]:
+    """An evaluation's console: our lines (the checkpoint, each task's question count, the model loaded)
+    and the results table. Unless `verbose`, off while it runs: the progress bars of datasets (building
+    each task's Arrow files), transformers (loading weights) and lm-eval, and lm-eval's INFO messages.
+    Everything is restored afterwards: a training run that evaluates keeps its own settings."""
+    if verbose:
+        yield
+        return
+    import importlib
+
+    import datasets
+    import tqdm
+    from transformers.utils import logging as transformers_logging
+
+    def no_bar(*args, **kwargs):  # lm-eval passes disable=False itself at some calls
+        return tqdm.tqdm(*args, **{**kwargs, "disable": True})
+
+    # HF_DATASETS_DISABLE_PROGRESS_BARS=0 in the environment asks for datasets' bars: left alone then
+    datasets_off = ("HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ
+                    and not datasets.utils.are_progress_bars_disabled())
+    transformers_off = transformers_logging.is_progress_bar_enabled()
+    lm_eval_logger = logging.getLogger("lm_eval")
+    level = lm_eval_logger.level
+    patched = {}
+    try:
+        if datasets_off:
+            datasets.disable_progress_bars()
+        if transformers_off:
+            transformers_logging.disable_progress_bar()
+        lm_eval_logger.setLevel(max(logging.WARNING, lm_eval_logger.getEffectiveLevel()))
+        for name in _LM_EVAL_TQDM_MODULES:
+            module = importlib.import_module(name)
+            if getattr(module, "tqdm", None) is tqdm.tqdm:
+                patched[module] = module.tqdm
+                module.tqdm = no_bar
+        yield
+    finally:
+        for module, original in patched.items():
+            module.tqdm = original
+        lm_eval_logger.setLevel(level)
+        if transformers_off:
+            transformers_logging.enable_progress_bar()
+        if datasets_off:
+            datasets.enable_progress_bars()
 
 
 @contextlib.contextmanager
@@ -227,6 +280,7 @@ def evaluate_model(
     device: str | None = None,
     dtype: str | Any | None = None,
     samples: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot ARC-Easy / ARC-Challenge / OpenBookQA scores of a live model.
 
@@ -243,6 +297,7 @@ def evaluate_model(
     device:     default the model's device if it is on an accelerator, else cuda if available, else cpu.
     dtype:      "auto" / None (bf16 on CUDA, fp32 on CPU), "bfloat16", "float16", "float32" or a torch dtype.
     samples:    also return per-question records (log-likelihoods, token counts, picks) under "samples".
+    verbose:    keep the progress bars of datasets, transformers and lm-eval, and lm-eval's INFO messages.
 
     Returns {"results": {task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "acc_mean_logprob",
     "acc_mean_logprob_stderr", "n", "n_total"}}, "settings": {...}, "metrics": {...}, "runtime_s": float}.
@@ -251,7 +306,7 @@ def evaluate_model(
     dev = resolve_device(device, model)
     torch_dtype = resolve_dtype(dtype, dev)
     bs = resolve_batch_size(batch_size, dev)
-    with _preserved_rng(dev), prepared_tasks(tasks, data_dir) as prepared:
+    with quiet_console(verbose), _preserved_rng(dev), prepared_tasks(tasks, data_dir) as prepared:
         with _native_for_eval(model, dev, torch_dtype) as native:
             evaluation = run_lm_eval(native, tokenizer, prepared, limit=limit, batch_size=bs, samples=samples)
     evaluation["settings"]["data"] = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else "hub"
@@ -285,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer dir or Hub id (default: the one saved with the checkpoint)")
     p.add_argument("--name", help="column label in tables (default: run/iter_XXXXXX, dir name or Hub id)")
     p.add_argument("--samples", action="store_true", help="also write per-question records to FILE.samples.jsonl")
-    p.add_argument("-v", "--verbose", action="store_true", help="log lm-eval's progress messages too")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log lm-eval's progress messages too, and show the progress bars of datasets, transformers and lm-eval")
     return p
 
 
@@ -303,7 +359,7 @@ def _main(args: argparse.Namespace) -> int:
     batch_size = resolve_batch_size(args.batch_size, device)
     output = Path(args.output) if args.output else default_output_path(resolved.local_dir, resolved.name)
     tokenizer = load_tokenizer(args.tokenizer or find_tokenizer_dir(resolved))
-    with prepared_tasks(args.tasks, args.data_dir) as prepared:  # data checked before the model loads
+    with quiet_console(args.verbose), prepared_tasks(args.tasks, args.data_dir) as prepared:  # data checked first
         log.info("loading %s (%s) as %s on %s", resolved.model, resolved.kind, dtype, device)
         model = load_model(resolved, dtype=dtype).to(device)
         evaluation = run_lm_eval(model, tokenizer, prepared, limit=args.limit, batch_size=batch_size, samples=args.samples)
