@@ -81,9 +81,17 @@ def _hash(root: Path, names: list[str]) -> dict[str, dict]:
     return {rel: layout.hash_file(root / rel) for rel in names}
 
 
-def save_checkpoint(trainer, export_hf: bool = False) -> Path:
+def save_checkpoint(acc, model, scheduler, *, out_dir: str | Path, state: dict, data_loader, schedule: dict,
+                    tokenizer=None, seq_len: Optional[int] = None, keep: int = 0, export_hf: bool = False) -> Path:
     """Collective: every rank calls it. Returns the final directory; raises CheckpointError on every
     rank when any rank failed (disk full named as such), leaving the earlier checkpoints untouched.
+
+    The parts: `acc` the accelerator (its save_state writes the prepared model, the optimizer (ZeRO
+    shards) and the RNG states), `model` the prepared model, `scheduler` the LR schedule (saved as
+    JSON), `state` the trainer state to record (TrainState.to_dict(): iter, tokens, extra; its iter names
+    the directory), `data_loader` this rank's train loader (its state_dict() is the data position),
+    `schedule` the settings the LR curve depends on (schedule_of(cfg)), `tokenizer` and `seq_len`
+    (model_max_length) saved with the model, `keep` the number of checkpoints kept (0: all).
 
     Hashing cost (the manifest): sha256 reads each file once more, right after it was written, by the
     rank that wrote it (so from its page cache) and in parallel across ranks: 1.2 s per GiB per rank
@@ -93,9 +101,7 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     also hashes DeepSpeed's 3.6 GB module file and rank 0 then hashes model/ (3.6 GB): ~6.3 GB on the
     slowest rank, ~7 s at 1.2 s/GiB, on top of a save that writes ~29 GB. Hashing while writing would
     need hooks inside torch.save/safetensors; reading back from the page cache costs no disk I/O."""
-    acc = trainer.accelerator
-    out_dir = trainer.cfg.out_dir
-    final = checkpoint_dir(out_dir, trainer.state.iter)
+    final = checkpoint_dir(out_dir, state["iter"])
     tmp = final.with_name(final.name + ".tmp")
     previous = latest_checkpoint(out_dir)
     needed = layout.directory_bytes(previous) if previous is not None and previous != final else None
@@ -110,16 +116,16 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
     error = None
     try:
         acc.save_state(str(tmp / "accelerate"))
-        atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", trainer.train_loader.state_dict())
+        atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", data_loader.state_dict())
         if acc.is_main_process:
-            atomic_write_json(tmp / "scheduler_state.json", _scheduler_state(trainer.scheduler))
+            atomic_write_json(tmp / "scheduler_state.json", _scheduler_state(scheduler))
     except Exception as exc:  # every rank must hear of it, or the others wait in the next collective
         error = _describe(exc, acc.process_index)
     _raise_if_any(acc, _agree(acc, error), final, tmp, needed, previous)
 
     # The full model state is a collective gather under ZeRO-3/FSDP; otherwise every rank already holds
     # it and only rank 0 (which writes model/ and hf/) needs a CPU copy.
-    full_state = acc.get_state_dict(trainer.model) if (params_are_sharded(acc) or acc.is_main_process) else None
+    full_state = acc.get_state_dict(model) if (params_are_sharded(acc) or acc.is_main_process) else None
     # Phase 1's files, listed once by rank 0 (the same view for every rank), hashed by their writers;
     # rank 0 is spared the files no rank name claims, as it has model/ and hf/ still to write.
     written = {rel: (tmp / rel).stat().st_size for rel in layout.files_under(tmp)} if acc.is_main_process else None
@@ -131,17 +137,17 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
         if acc.is_main_process:  # Phase 2, rank 0: the HF-format model and the trainer state, then their hashes
             from modeling.hf_export import finish_export
 
-            model = acc.unwrap_model(trainer.model)
+            plain = acc.unwrap_model(model)
             # save_pretrained pops the tensors out of the dict it is given: hand it a shallow copy
-            model.save_pretrained(tmp / "model", state_dict=dict(full_state))
-            if trainer.tokenizer is not None:
-                trainer.tokenizer.save_pretrained(tmp / "model")
+            plain.save_pretrained(tmp / "model", state_dict=dict(full_state))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / "model")
                 # eos/bos/pad ids into config + generation_config, model_max_length = seq_len
-                finish_export(tmp / "model", trainer.tokenizer, max_length=trainer.cfg.seq_len)
+                finish_export(tmp / "model", tokenizer, max_length=seq_len)
             if export_hf:
-                _export_native(model.config, full_state, trainer.tokenizer, tmp / "hf", trainer.cfg.seq_len)
-            atomic_write_json(tmp / "trainer_state.json", trainer.state.to_dict() | {
-                "world_size": acc.num_processes, "schedule": schedule_of(trainer.cfg)})
+                _export_native(plain.config, full_state, tokenizer, tmp / "hf", seq_len)
+            atomic_write_json(tmp / "trainer_state.json", state | {
+                "world_size": acc.num_processes, "schedule": schedule})
             entries |= _hash(tmp, [rel for rel in layout.files_under(tmp) if rel not in written])
     except Exception as exc:
         error = _describe(exc, acc.process_index)
@@ -164,7 +170,7 @@ def save_checkpoint(trainer, export_hf: bool = False) -> Path:
             if final.exists():  # the same iteration saved again (e.g. SIGTERM right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _prune(out_dir, trainer.cfg.keep_checkpoints)
+            _prune(out_dir, keep)
         except Exception as exc:
             error = _describe(exc, 0)
     _raise_if_any(acc, _agree(acc, error), final, tmp, needed, previous)
@@ -362,10 +368,12 @@ def _check_schedule(cfg, path: Path) -> None:
                    "iteration %d", diff, layout.checkpoint_iteration(path))
 
 
-def load_checkpoint(trainer, path: Path) -> None:
-    """Collective: restore model, optimizer, RNG (accelerate), LR schedule, iteration and data position.
+def load_checkpoint(acc, model, scheduler, path: Path, *, data_loader, schedule: dict) -> dict:
+    """Collective: restore the model, optimizer and RNG (through `acc`, as save_checkpoint saved them),
+    the LR `scheduler` and this rank's `data_loader` position; returns the trainer state saved with
+    them (iter, tokens, extra: TrainState.load_dict takes it). `schedule` is this run's schedule_of(cfg):
+    where allow_schedule_change let it differ from the saved one, it applies from this step on.
     Call select_resume first: it verifies the files this reads."""
-    acc = trainer.accelerator
     state = json.loads((path / "trainer_state.json").read_text())
     if state.get("world_size") != acc.num_processes:
         raise CheckpointError(
@@ -373,20 +381,20 @@ def load_checkpoint(trainer, path: Path) -> None:
             "optimizer shards (ZeRO) and data positions are per rank: resume with the same number of processes"
         )
     if is_deepspeed(acc):
-        _load_deepspeed_weights_only(trainer.model)
+        _load_deepspeed_weights_only(model)
     acc.load_state(str(path / "accelerate"))
-    _load_scheduler(trainer, json.loads((path / "scheduler_state.json").read_text()), state.get("schedule", {}))
-    trainer.state.load_dict(state)
+    _load_scheduler(scheduler, json.loads((path / "scheduler_state.json").read_text()), state.get("schedule", {}),
+                    schedule)
     data_state = json.loads((path / f"data_state_rank{acc.process_index}.json").read_text())
-    trainer.train_loader.load_state_dict(data_state)
+    data_loader.load_state_dict(data_state)
+    return state
 
 
-def _load_scheduler(trainer, saved: dict, saved_schedule: dict) -> None:
-    sched = trainer.scheduler
+def _load_scheduler(sched, saved: dict, saved_schedule: dict, schedule: dict) -> None:
     sched.load_state_dict(saved | {"lr_lambdas": [None] * len(sched.lr_lambdas)})
-    if saved_schedule and any(saved_schedule.get(k) != v for k, v in schedule_of(trainer.cfg).items() if k in SCHEDULE_KEYS):
+    if saved_schedule and any(saved_schedule.get(k) != v for k, v in schedule.items() if k in SCHEDULE_KEYS):
         # allow_schedule_change: the new peak and shape from this step on (the optimizer's restored lr is the old one's)
-        sched.base_lrs = [trainer.cfg.lr] * len(sched.base_lrs)
+        sched.base_lrs = [schedule["lr"]] * len(sched.base_lrs)
         lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
         for group, lr in zip(sched.optimizer.param_groups, lrs):
             group["lr"] = lr

@@ -37,7 +37,7 @@ use_venv_extensions_dir()
 from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count_parameters, flops_per_token,
                       resolve_attn_implementation)
 from training import callbacks as cb
-from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, select_resume
+from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, schedule_of, select_resume
 from training.batch_plan import BatchPlan
 from training.config import TrainConfig, help_text, load_config, parse_overrides
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     trainer, resume_from = build_trainer(cfg, recipe, resume_from)
     if resume_from is not None:
-        load_checkpoint(trainer, resume_from)
+        trainer.state.load_dict(load_checkpoint(trainer.accelerator, trainer.model, trainer.scheduler, resume_from,
+                                                data_loader=trainer.train_loader, schedule=schedule_of(cfg)))
         trainer.run_info["resumed_from"] = str(resume_from)
         logger.info("resumed from %s at iteration %d", resume_from, trainer.state.iter)
     trainer.fit()

@@ -222,3 +222,67 @@ def test_two_ranks_verify_and_fall_back_together(demo_data, tmp_path):
     assert configs[-1]["resumed_from"].endswith("iter_000004")
     assert train_losses(run) == train_losses(ref)  # DeepSpeed's shards loaded (weights_only) exactly
     assert layout.verify(newest) == []
+
+
+class _Position:
+    """A train loader's resumable part: where the next sample is."""
+
+    def __init__(self, at=0):
+        self.at = at
+
+    def state_dict(self):
+        return {"at": self.at}
+
+    def load_state_dict(self, state):
+        self.at = state["at"]
+
+
+def test_save_and_load_take_explicit_parts_and_resume_exactly(tmp_path):
+    """No Trainer: the accelerator, model, scheduler, states and loader are handed in. The reference is
+    the uninterrupted run: the step after a load must give the loss and LR the step after the save gave."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from modeling import DecoderConfig, DecoderForCausalLM
+    from training.checkpoint import load_checkpoint, save_checkpoint
+    from training.optim import build_optimizer, build_scheduler
+
+    schedule = {"lr": 1e-2, "min_lr": 1e-3, "warmup_iters": 2, "decay_iters": 8, "max_iters": 8}
+    data = torch.randint(0, 256, (5, 4, 17), generator=torch.Generator().manual_seed(0))
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        acc = Accelerator(cpu=True)
+        model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama", vocab_size=256))
+        optimizer = build_optimizer(model, schedule["lr"], fused=False)
+        scheduler = build_scheduler(optimizer, schedule["lr"], schedule["min_lr"], schedule["warmup_iters"],
+                                    schedule["decay_iters"])
+        model, optimizer = acc.prepare(model, optimizer)
+        return acc, model, optimizer, scheduler
+
+    def step(model, optimizer, scheduler, batch):
+        loss = model(input_ids=batch[:, :-1], shift_labels=batch[:, 1:], return_logits=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return loss.item(), scheduler.get_last_lr()[0]
+
+    try:
+        acc, model, optimizer, scheduler = parts(seed=0)
+        for i in range(3):
+            step(model, optimizer, scheduler, data[i])
+        path = save_checkpoint(acc, model, scheduler, out_dir=tmp_path, state={"iter": 3, "tokens": 192, "extra": {}},
+                               data_loader=_Position(3), schedule=schedule)
+        assert path == tmp_path / "checkpoints" / "iter_000003" and layout.verify(path) == []
+        expected = [step(model, optimizer, scheduler, data[i]) for i in (3, 4)]
+
+        acc, model, optimizer, scheduler = parts(seed=1)  # other weights, a fresh optimizer and schedule
+        position = _Position()
+        state = load_checkpoint(acc, model, scheduler, path, data_loader=position, schedule=schedule)
+        assert (state["iter"], state["tokens"], state["world_size"], state["schedule"]) == (3, 192, 1, schedule)
+        assert position.at == 3
+        assert [step(model, optimizer, scheduler, data[i]) for i in (3, 4)] == expected
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
