@@ -16,8 +16,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 from .batch_plan import BatchPlan
 from .config import TrainConfig
-from .precision import from_accelerate, get_precision, torch_dtype
-
+from .precision import PRECISIONS, from_accelerate, get_precision, torch_dtype
 
 
 def build_accelerator(cfg: TrainConfig, batch: BatchPlan) -> Accelerator:
@@ -96,7 +95,7 @@ def configure_deepspeed(accelerator: Accelerator, cfg: TrainConfig, batch: Batch
             )
         ds[key] = value
     plugin.gradient_clipping = float(cfg.grad_clip)
-    for half in ("bf16", "fp16"):
+    for half in (name for name, p in PRECISIONS.items() if p.mixed):  # the DS JSON's "bf16"/"fp16" sections
         enabled = ds.get(half, {}).get("enabled", "auto")
         wanted = precision_name(accelerator) == half
         if enabled != "auto" and bool(enabled) != wanted:
