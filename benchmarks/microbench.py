@@ -15,10 +15,8 @@ time). `--json FILE` writes the same numbers. CPU by default; `--device cuda` on
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,11 +25,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.memory import peak_rss_growth_mib  # noqa: E402
+from benchmarks.report import markdown_table, write_json  # noqa: E402
+from benchmarks.timing import time_interleaved  # noqa: E402
 from modeling.attention import eager_attention  # noqa: E402
 from modeling.losses import linear_cross_entropy  # noqa: E402
 from modeling.modeling_decoder import apply_rope, rms_normalize, rope_cos_sin  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from training.precision import PRECISION_NAMES, torch_dtype  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,42 +104,25 @@ def mask_additive(q, k, v, scale):
 # Timing
 # ----------------------------------------------------------------------------------------------
 def bench(fns: dict[str, Callable[[], torch.Tensor]], params: list[torch.Tensor], reps: int, device: str) -> dict:
-    """Interleaved fwd+bwd timings of each callable; returns {name: {min_ms, median_ms}}."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(reps + 2):
-        for name, fn in (fns.items() if i % 2 == 0 else reversed(fns.items())):
-            for p in params:
-                p.grad = None
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn().float().sum().backward()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:  # the first two rounds warm up
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: {"min_ms": min(ts), "median_ms": statistics.median(ts)} for name, ts in times.items()}
+    """Interleaved fwd+bwd timings of each callable (two warm-up rounds); returns {name: {min_ms, median_ms}}."""
 
+    def zero_grads() -> None:
+        for p in params:
+            p.grad = None
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    steps = {name: (lambda fn=fn: fn().float().sum().backward()) for name, fn in fns.items()}
+    times = time_interleaved(steps, reps, device, warmup_rounds=2, setup=zero_grads)
+    return {name: {"min_ms": 1e3 * min(ts), "median_ms": 1e3 * statistics.median(ts)} for name, ts in times.items()}
 
 
 def peak_rss_mib(fns: dict[str, Callable[[], torch.Tensor]], params: list[torch.Tensor]) -> dict:
     """Linux, CPU: growth of the process's peak RSS during one fwd+bwd of each callable, run one after
-    another (VmHWM reset via /proc/self/clear_refs). Tensors above glibc's 32 MiB mmap threshold go
-    back to the OS when freed, so the large (tokens, vocab) blocks are counted exactly."""
+    another (benchmarks/memory.py peak_rss_growth_mib)."""
     out = {}
     for name, fn in fns.items():
         for p in params:
             p.grad = None
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _rss_kb("VmRSS")
-        fn().float().sum().backward()
-        out[name] = (_rss_kb("VmHWM") - base) / 1024
+        out[name] = peak_rss_growth_mib(lambda: fn().float().sum().backward())
     return out
 
 
@@ -153,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv-heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=PRECISION_NAMES, default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (1 is steadiest on a shared CPU)")
@@ -164,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    dev, dtype = args.device, DTYPES[args.dtype]
+    dev, dtype = args.device, torch_dtype(args.dtype)
 
     if args.what == "loss":
         n = args.tokens or 512
@@ -205,16 +188,14 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(res)
     base = res[names[0]]["min_ms"]
     print(f"{args.what} on {dev}, {args.dtype}, {torch.get_num_threads()} threads, {args.reps} reps (fwd + bwd)")
-    print(f"| {'variant':20s} | min ms | median ms | speed-up (min) |\n|---|---:|---:|---:|")
-    for name in names:
-        r = res[name]
-        print(f"| {name:20s} | {r['min_ms']:.3f} | {r['median_ms']:.3f} | {base / r['min_ms']:.2f}x |")
+    print(markdown_table((f"{'variant':20s}", "min ms", "median ms", "speed-up (min)"), "lrrr",
+                         [[f"{name:20s}", f"{res[name]['min_ms']:.3f}", f"{res[name]['median_ms']:.3f}",
+                           f"{base / res[name]['min_ms']:.2f}x"] for name in names]))
     if memory:
         print("peak RSS growth, one fwd+bwd: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in memory.items()))
     out = {"what": args.what, "settings": {k: v for k, v in vars(args).items() if k != "json"},
            "threads": torch.get_num_threads(), "results": res, "peak_rss_mib": memory}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.json)
     return out
 
 

@@ -1,17 +1,21 @@
 """Measure (micro-batch, accumulation) pairs at one global batch and pick the fastest that fits.
 
-    python -m training.sweep                                   # tiny-llama on CPU, global batch 16
-    python -m training.sweep --preset qwen3-1.8b --device cuda --dtype bf16 --seq-len 2048 \\
+    python -m benchmarks.sweep                                 # tiny-llama on CPU, global batch 16
+    python -m benchmarks.sweep --preset qwen3-1.8b --device cuda --dtype bf16 --seq-len 2048 \\
         --global-batch 64 --micro-batches 1,2,4,8,16 --iters 5 --json sweep.json
-    python -m training.sweep --data data/demo ...              # real tokens (data_prep.PackedTokenDataset)
+    python -m benchmarks.sweep --data data/demo ...            # real tokens (data_prep.PackedTokenDataset)
 
 Every configuration trains a freshly initialised model (same seed) for `--iters` optimizer steps of
-`global_batch` sequences = micro_batch x accumulation, and times each phase of a step:
-data (fetch + copy to the device), forward, backward (summed over the micro-batches) and the
-optimizer step (step + zero_grad). On CUDA every phase boundary is a torch.cuda.synchronize(), so the
-breakdown is exact at the price of a few idle microseconds per phase (the trainer itself does not
+`global_batch` sequences = micro_batch x accumulation (a `training.batch_plan.BatchPlan`), each step
+the trainer's own `Trainer.train_step` (benchmarks/trainer_step.py: accelerate's mixed precision and
+accumulation, clip, AdamW, LR schedule). Each phase of a step is timed through the trainer's NVTX
+ranges (benchmarks/timing.py PhaseTimer): data (fetch + copy to the device), forward, backward (summed
+over the micro-batches), and optimizer: the rest of the step (clip, optimizer step + zero_grad, LR
+schedule step, the loss bookkeeping). On CUDA every phase boundary is a torch.cuda.synchronize(), so
+the breakdown is exact at the price of a few idle microseconds per phase (the trainer itself does not
 sync per step). The first `--warmup` steps (allocator growth, kernel autotuning) are not measured.
 
+The loss is the full-logits one unless `--chunked-loss` (what training runs: `return_logits=False`).
 A configuration that runs out of memory (torch.cuda.OutOfMemoryError, or the CPU allocator's
 "can't allocate memory") is reported as not fitting and the sweep goes on. This is a single-process
 measurement: it says which micro-batch is fastest per GPU, not what communication will cost.
@@ -20,9 +24,7 @@ measurement: it says which micro-batch is fastest per GPU, not what communicatio
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
-import math
 import statistics
 import sys
 import time
@@ -30,18 +32,20 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from modeling import DecoderConfig, DecoderForCausalLM, PRESETS, flops_per_token
+from modeling import PRESETS, DecoderConfig, DecoderForCausalLM, flops_per_token
+from modeling.names import ATTN_IMPLEMENTATIONS
+from training.batch_plan import BatchPlan
+from training.precision import PRECISION_NAMES
 
-from .analysis import fmt, format_table, write_json
-from .optim import build_optimizer
+from .memory import cuda_peak_gib, free_device_memory, is_oom, reset_peak
+from .report import fmt, format_table, write_json
+from .timing import PhaseTimer, synchronize
+from .trainer_step import build_step_trainer, check_precision
 
+PROG = "python -m benchmarks.sweep"
 PHASES = ("data", "forward", "backward", "optimizer")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
-    return isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+# the trainer's NVTX ranges (training/trainer.py) per reported phase; "optimizer" is the rest of the step
+RANGES = {"data": ("data_fetch",), "forward": ("forward",), "backward": ("backward",)}
 
 
 def random_batches(vocab_size: int, micro_batch: int, seq_len: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -63,16 +67,10 @@ def dataset_batches(data_dir: str, micro_batch: int, seq_len: int) -> Iterator[t
 
 
 def data_vocab_size(data_dir: str) -> int:
-    """The tokenizer's vocabulary from the data manifest, padded to a multiple of 128 (as training does)."""
-    from data_prep import load_manifest
+    """The model vocabulary for the data, as training picks it (data_prep.model_vocab_size)."""
+    from data_prep import load_manifest, model_vocab_size
 
-    vocab = int(load_manifest(data_dir)["tokenizer"]["vocab_size"])
-    return math.ceil(vocab / 128) * 128
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # deliberate sync: phase timing needs the GPU to have finished
+    return model_vocab_size(load_manifest(data_dir))
 
 
 def measure(
@@ -91,47 +89,33 @@ def measure(
     chunked_loss: bool = False,
     on_step: Callable[[], None] | None = None,
 ) -> dict:
-    """Train `iters` steps of micro_batch x accum sequences; per-phase milliseconds per step (mean over
-    the steps after `warmup`), tokens/s, peak memory. Raises the OOM error for the caller to classify."""
+    """Train `iters` trainer steps of micro_batch x accum sequences; per-phase milliseconds per step (mean
+    over the steps after `warmup`), tokens/s, peak memory. Raises the OOM error for the caller to classify."""
     torch.manual_seed(seed)
-    model = optimizer = None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
-    loss_kwargs = {"return_logits": False} if chunked_loss else {}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    steps: list[dict[str, float]] = []
-    loss = None
+    model = steps = None
+    reset_peak(device)
+    timer = PhaseTimer(device)
+    records: list[dict[str, float]] = []
+    out = None
     try:
         model = DecoderForCausalLM(config).to(device).train()
-        optimizer = build_optimizer(model, lr=lr)
-        for _ in range(iters):
-            t = dict.fromkeys(PHASES, 0.0)
-            for _ in range(accum):
-                _sync(device)
+        steps = build_step_trainer(model, device=device, precision=dtype, batch=BatchPlan(seq_len, micro_batch, accum, 1),
+                                   batches=batches, lr=lr, loss="chunked" if chunked_loss else "full",
+                                   attn=config._attn_implementation)
+        with timer.installed():
+            for _ in range(iters):
+                synchronize(device)
                 t0 = time.perf_counter()
-                x, y = next(batches)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                _sync(device)
-                t1 = time.perf_counter()
-                with autocast:
-                    loss = model(input_ids=x, shift_labels=y, **loss_kwargs).loss / accum
-                _sync(device)
-                t2 = time.perf_counter()
-                loss.backward()
-                _sync(device)
-                t3 = time.perf_counter()
-                t["data"] += t1 - t0
-                t["forward"] += t2 - t1
-                t["backward"] += t3 - t2
-            t0 = time.perf_counter()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _sync(device)
-            t["optimizer"] = time.perf_counter() - t0
-            steps.append(t)
-            if on_step:
-                on_step()
-        measured = steps[warmup:] if len(steps) > warmup else steps[-1:]
+                out = steps.step()
+                synchronize(device)
+                wall = time.perf_counter() - t0
+                spent = timer.take()
+                t = {p: sum(spent.get(r, 0.0) for r in RANGES[p]) for p in RANGES}
+                t["optimizer"] = max(0.0, wall - sum(t.values()))
+                records.append(t)
+                if on_step:
+                    on_step()
+        measured = records[warmup:] if len(records) > warmup else records[-1:]
         per_phase = {p: 1000 * statistics.fmean(s[p] for s in measured) for p in PHASES}
         step_ms = sum(per_phase.values())
         tokens = micro_batch * accum * seq_len
@@ -139,14 +123,12 @@ def measure(
             "status": "ok", "measured_steps": len(measured),
             "step_ms": step_ms, **{f"{p}_ms": v for p, v in per_phase.items()},
             "tokens_per_sec": tokens / (step_ms / 1000),
-            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "final_loss": float(loss.detach()) * accum if loss is not None else None,  # sync: once, at the end
+            "peak_mem_gib": cuda_peak_gib(device),
+            "final_loss": float(out.loss) if out is not None else None,  # the last step's mean; sync: once, at the end
         }
     finally:
-        del model, optimizer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        del model, steps
+        free_device_memory(device)
 
 
 def sweep(
@@ -166,11 +148,10 @@ def sweep(
     progress: bool = True,
 ) -> dict:
     """Measure every micro-batch that divides `global_batch`; return the rows and the fastest that fits."""
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"--dtype must be fp32 or bf16 (autocast over fp32 weights), got {dtype!r}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
+    check_precision(dev, dtype)  # an unknown name, or fp16 on a CPU: one error naming the fix
     if chunked_loss and "return_logits" not in inspect.signature(DecoderForCausalLM.forward).parameters:
         raise ValueError("--chunked-loss needs DecoderForCausalLM.forward(..., return_logits=False) (modeling/losses.py)")
     if iters < 1 or global_batch < 1:
@@ -179,19 +160,24 @@ def sweep(
     if data:
         overrides["vocab_size"] = data_vocab_size(data)
     config = DecoderConfig.from_preset(preset, **overrides)
-    if seq_len > config.max_position_embeddings and config.position_embedding == "learned":
-        raise ValueError(f"--seq-len {seq_len} exceeds {preset}'s learned position table ({config.max_position_embeddings})")
+    config.check_seq_len(seq_len, "--seq-len")
 
-    total_steps = iters * sum(1 for m in micro_batches if global_batch % m == 0)
+    plans: dict[int, BatchPlan | None] = {}
+    for m in micro_batches:
+        try:
+            plans[m] = BatchPlan.from_global(seq_len, m, world_size=1, global_sequences=global_batch)
+        except ValueError:  # not a divisor: skipped, the sweep goes on
+            plans[m] = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc="sweep", unit="step", leave=False)
+        bar = tqdm(total=iters * sum(p is not None for p in plans.values()), desc="sweep", unit="step", leave=False)
     rows = []
     for m in micro_batches:
-        row: dict[str, Any] = {"micro_batch": m, "accum": global_batch // m if global_batch % m == 0 else None}
-        if global_batch % m:
+        plan = plans[m]
+        row: dict[str, Any] = {"micro_batch": m, "accum": plan.grad_accum_steps if plan else None}
+        if plan is None:
             row.update(status="skipped", reason=f"{m} does not divide the global batch {global_batch}")
             rows.append(row)
             continue
@@ -210,7 +196,7 @@ def sweep(
                                device=dev, dtype=dtype, batches=batches, lr=lr, chunked_loss=chunked_loss,
                                on_step=step_done))
         except Exception as exc:  # noqa: BLE001 - only OOM is classified; anything else propagates
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             row.update(status="OOM", reason=str(exc).splitlines()[0][:200])
             if bar:
@@ -267,8 +253,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny-llama", help=f"one of: {', '.join(sorted(PRESETS))} (default tiny-llama)")
     ap.add_argument("--global-batch", type=int, default=16, help="sequences per optimizer step (default 16)")
     ap.add_argument("--micro-batches", type=_ints, default=[1, 2, 4, 8], help="comma list (default 1,2,4,8)")
@@ -276,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=5, help="optimizer steps per configuration (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="first steps not measured (default 1)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N]")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="fp32, or bf16 autocast (default fp32)")
-    ap.add_argument("--attn", default="auto", choices=["auto", "eager", "sdpa", "flash_attention_2"],
-                    help="attention backend (default auto)")
+    ap.add_argument("--dtype", default="fp32", choices=PRECISION_NAMES,
+                    help="fp32, or bf16 / fp16 (CUDA) mixed precision over fp32 weights, as training runs it (default fp32)")
+    ap.add_argument("--attn", default="auto", choices=ATTN_IMPLEMENTATIONS, help="attention backend (default auto)")
     ap.add_argument("--data", metavar="DIR", help="a data_prep output directory (default: random tokens)")
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     ap.add_argument("--chunked-loss", action="store_true",

@@ -14,7 +14,6 @@ row and, with --json FILE, writes the figures.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import write_json  # noqa: E402
+from benchmarks.timing import synchronize  # noqa: E402
 from training.config import load_config, parse_overrides  # noqa: E402
 from training.console import quiet_deepspeed_import, setup_console  # noqa: E402
 
@@ -96,8 +97,7 @@ def main(argv: list[str]) -> int:
     x, y = (t.to(acc.device) for t in next(iter(trainer.train_loader))[:2])
 
     def sync():
-        if acc.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(acc.device)
         acc.wait_for_everyone()
 
     for _ in range(3):  # warm-up: allocator, DeepSpeed buffers, first-call paths of both loops
@@ -136,8 +136,7 @@ def main(argv: list[str]) -> int:
         print(f"| {result['world_size']} | {result['strategy']} | {result['bare_ms']:.1f} | {result['trainer_ms']:.1f} | "
               f"{100 * result['overhead_median']:+.1f}% | {', '.join(f'{100 * r:+.1f}' for r in result['overhead_per_round'])} | "
               f"{', '.join(f'{k} {v:.2f}' for k, v in per_iter.items())} ms ({100 * result['trainer_parts_share']:.2f}%) |")
-        if json_out:
-            Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(result, json_out)
     acc.wait_for_everyone()
     return 0
 

@@ -23,27 +23,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .atomic import atomic_write_json
+from benchmarks.report import write_json
+from benchmarks.timing import Stopwatch, time_total
+
 from .readers import ReadStats
 from .sources import ReadOptions, iter_chunks, resolve_inputs
 
 ASSETS = Path(__file__).resolve().parent.parent / "tests" / "assets"
 DEFAULT_CORPUS = ASSETS / "corpus"
 DEFAULT_TOKENIZER = ASSETS / "tokenizer"
-
-
-def _cpu_seconds() -> float:
-    # This process's threads plus reaped children.
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def bench_prepare(corpus: Sequence[str], tokenizer: str, repeats: int, work: Path, tasks: int,
@@ -62,24 +56,24 @@ def bench_prepare(corpus: Sequence[str], tokenizer: str, repeats: int, work: Pat
     tokens = 0
     backend.encode_batch_fast(texts[:2000], add_special_tokens=False)  # warm the BPE cache
     for _ in range(repeats):  # alternate raw and prepare runs so drifting load hits both alike
-        c0, t0 = _cpu_seconds(), time.perf_counter()
-        encs = backend.encode_batch_fast(texts, add_special_tokens=False)
-        raw_wall.append(time.perf_counter() - t0)
-        raw_cpu.append(_cpu_seconds() - c0)
+        with Stopwatch() as raw:  # CPU seconds: this process's threads plus reaped children
+            encs = backend.encode_batch_fast(texts, add_special_tokens=False)
+        raw_wall.append(raw.wall_s)
+        raw_cpu.append(raw.cpu_s)
         tokens = sum(len(e.ids) for e in encs) + len(texts)  # + the separator prepare appends
         del encs
         for w in workers:
-            c0, t0 = _cpu_seconds(), time.perf_counter()
-            m = prepare(corpus, tok, work / f"data_w{w}", seq_len=256, val_fraction=0.05, tasks=tasks,
-                        workers=w, chunk_chars=chunk_chars, overwrite=True, progress=False)
-            wall = time.perf_counter() - t0
+            with Stopwatch() as run:
+                m = prepare(corpus, tok, work / f"data_w{w}", seq_len=256, val_fraction=0.05, tasks=tasks,
+                            workers=w, chunk_chars=chunk_chars, overwrite=True, progress=False)
+            wall = run.wall_s
             produced = sum(s["tokens"] for s in m["splits"].values())
             if produced - (m["bos_id"] is not None) * m["stats"]["documents"] != tokens:
                 raise RuntimeError(f"prepare wrote {produced} tokens, the raw encoder counted {tokens}")
             task_cpu = m["stats"]["task_cpu_seconds"]
-            # workers = 1 runs the tasks in this process (already in _cpu_seconds); W > 1 runs
+            # workers = 1 runs the tasks in this process (already in the stopwatch's CPU); W > 1 runs
             # them in pool processes that are not our reaped children, so add their own count.
-            cpu = _cpu_seconds() - c0 + (task_cpu if w > 1 else 0.0)
+            cpu = run.cpu_s + (task_cpu if w > 1 else 0.0)
             runs[w]["wall"].append(wall)
             runs[w]["cpu"].append(cpu)
             runs[w]["task_cpu"].append(task_cpu)
@@ -136,13 +130,7 @@ def bench_loader(data_dir: Path, batch_size: int, seq_len: int, batches: int,
     ds = PackedTokenDataset(data_dir, seq_len, "train", shuffle=True, seed=0)
     loader = build_dataloader(ds, batch_size, num_workers=num_workers)
     it = iter(loader)
-    for _ in range(min(20, batches)):  # warm-up: worker start-up, page cache
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    dt = time.perf_counter() - t0
-    del it
+    dt = time_total(lambda: next(it), batches, warmup=min(20, batches))  # warm-up: worker start-up, page cache
     return {
         "num_workers": num_workers,
         "batch_size": batch_size,
@@ -238,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["loader_error"] = f"{type(e).__name__}: {e}"
     print(format_table(result))
     if args.json:
-        atomic_write_json(args.json, result)
+        write_json(result, args.json)
         print(f"wrote {args.json}")
     return 0
 

@@ -78,7 +78,7 @@ def test_cpu_mode_benchmarks_ours_and_native(cpu_run):
     assert [b["preset"] for b in doc["benchmarks"]] == ["tiny-llama", "tiny-qwen3"]
     for bench in doc["benchmarks"]:
         assert bench["status"] == "ok", bench
-        assert bench["command"].startswith("python -m training.benchmark --preset ")
+        assert bench["command"].startswith("python -m benchmarks.step --preset ")
         rows = {r["label"]: r for r in bench["rows"]}
         ours, native = rows["ours/sdpa/compile-off/chunked"], rows["native/sdpa/compile-off/full"]
         for r in (ours, native):
@@ -98,7 +98,7 @@ def test_gpu_mode_settings():
     mode = gc.MODES["cuda"]
     assert mode["presets"] == ["llama3-1.5b", "qwen3-1.8b"] and mode["budget_s"] <= 480
     argv = gc.benchmark_argv("llama3-1.5b", mode, "cuda")
-    from training.benchmark import build_parser
+    from benchmarks.step import build_parser
 
     args = build_parser().parse_args(argv)
     assert (args.device, args.dtype, args.seq_len, args.attn, args.compile, args.loss, args.micro_batch) == (

@@ -1,6 +1,6 @@
-"""training.benchmark: the throughput/MFU arithmetic by hand, the JSON it writes, a real tiny CPU run
-against the native model; and the chunked LM-head loss it benchmarks (modeling/losses.py) against
-the plain logits + cross-entropy path."""
+"""benchmarks.step (the training-step benchmark): the throughput/MFU arithmetic by hand, the JSON it
+writes, a real tiny CPU run against the native model through the trainer's own step, and the
+micro-batch search."""
 
 import json
 import subprocess
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from benchmarks import step as benchmark
+from benchmarks import step_report, step_runner, step_session, timing
+from benchmarks.memory import PeakTensorBytes
 from modeling import DecoderConfig, DecoderForCausalLM, flops_per_token
-from modeling.losses import linear_cross_entropy
-from training import benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_flops_tokens_tflops_and_mfu_by_hand():
     assert fpt == 1_771_392
     # micro-batch 4 x 256 = 1024 tokens per step; median of the fake step times 0.3 s
     times = [0.5, 0.1, 0.3, 0.4, 0.2]
-    m = benchmark.throughput_metrics(times, 1024, fpt, peak_flops_per_sec=1e12)
+    m = step_report.throughput_metrics(times, 1024, fpt, peak_flops_per_sec=1e12)
     assert m["tokens_per_sec"] == pytest.approx(1024 / 0.3)  # 3413.33
     assert m["tflops"] == pytest.approx(1024 / 0.3 * 1_771_392 / 1e12)  # 0.0060463
     assert m["mfu"] == pytest.approx(1024 / 0.3 * 1_771_392 / 1e12)  # peak of exactly 1 TFLOP/s
@@ -45,20 +45,20 @@ def test_flops_tokens_tflops_and_mfu_by_hand():
     fpt_big = flops_per_token(big, 2048)
     tokens_per_step = 8 * 2048
     step = tokens_per_step * fpt_big / (0.5 * 989.4e12)
-    assert benchmark.throughput_metrics([step], tokens_per_step, fpt_big, 989.4e12)["mfu"] == pytest.approx(0.5)
-    assert benchmark.throughput_metrics(times, 1024, fpt, None)["mfu"] is None  # CPU: no peak, no MFU
+    assert step_report.throughput_metrics([step], tokens_per_step, fpt_big, 989.4e12)["mfu"] == pytest.approx(0.5)
+    assert step_report.throughput_metrics(times, 1024, fpt, None)["mfu"] is None  # CPU: no peak, no MFU
 
 
 def test_percentile_rounds_and_geomean():
-    assert benchmark.percentile([1.0], 90) == 1.0
-    assert benchmark.percentile([1, 2, 3, 4], 50) == 2.5
-    assert benchmark.split_rounds(10, 4) == [3, 3, 2, 2]
-    assert benchmark.split_rounds(3, 4) == [1, 1, 1]  # never more steps than asked
-    assert benchmark.geomean([0.5, 2.0]) == pytest.approx(1.0)
+    assert timing.percentile([1.0], 90) == 1.0
+    assert timing.percentile([1, 2, 3, 4], 50) == 2.5
+    assert timing.split_rounds(10, 4) == [3, 3, 2, 2]
+    assert timing.split_rounds(3, 4) == [1, 1, 1]  # never more steps than asked
+    assert timing.geomean([0.5, 2.0]) == pytest.approx(1.0)
 
 
 def test_ratios_pair_ours_with_native_of_the_same_backend_and_compile():
-    variants = benchmark.plan_variants(["eager", "sdpa"], [False], ["chunked", "full"], native=True)
+    variants = step_session.plan_variants(["eager", "sdpa"], [False], ["chunked", "full"], native=True)
     assert [v.label for v in variants] == [
         "ours/eager/compile-off/chunked", "ours/eager/compile-off/full", "native/eager/compile-off/full",
         "ours/sdpa/compile-off/chunked", "ours/sdpa/compile-off/full", "native/sdpa/compile-off/full",
@@ -70,12 +70,12 @@ def test_ratios_pair_ours_with_native_of_the_same_backend_and_compile():
         rows[v.label] = {"label": v.label, "status": "ok", "tokens_per_sec": tps, "tokens_per_sec_best_step": tps,
                          "peak_memory_gb": 1.0, "tflops": 0.0, "mfu": None, "reason": None}
     rows["ours/sdpa/compile-off/full"].update(status="error", reason="boom")
-    benchmark._add_ratios(rows, variants)
+    step_report.add_ratios(rows, variants)
     assert rows["ours/eager/compile-off/chunked"]["ratio_tokens_per_sec_vs_native"] == pytest.approx(1.5)
     assert rows["ours/sdpa/compile-off/chunked"]["ratio_tokens_per_sec_vs_native"] == pytest.approx(1.25)
     assert rows["ours/sdpa/compile-off/full"]["ratio_tokens_per_sec_vs_native"] is None
     assert rows["native/sdpa/compile-off/full"]["ratio_tokens_per_sec_vs_native"] is None
-    summary = benchmark.summarize(list(rows.values()))
+    summary = step_report.summarize(list(rows.values()))
     assert summary["ratio_tokens_per_sec_vs_native"] == pytest.approx(1.25)  # the worst configuration
     assert summary["ratio_tokens_per_sec_vs_native_max"] == pytest.approx(1.5)
     assert summary["ratio_tokens_per_sec_vs_native_geomean"] == pytest.approx((1.5 * 1.5 * 1.25) ** (1 / 3))
@@ -84,7 +84,7 @@ def test_ratios_pair_ours_with_native_of_the_same_backend_and_compile():
 
 def test_cpu_peak_tensor_bytes_by_hand():
     a = torch.zeros(1000)  # 4000 bytes, alive before: the baseline
-    with benchmark.PeakTensorBytes([a]) as tracker:
+    with PeakTensorBytes([a]) as tracker:
         assert tracker.live() == 4000
         b = torch.cat([a, a])  # + 8000
         c = b[:500] * 1  # + 2000 -> 14000, the peak
@@ -122,7 +122,7 @@ def test_bad_model_arguments_stop_before_any_run(argv, message, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
-    cmd = [sys.executable, "-m", "training.benchmark", "--preset", "tiny-llama", "--device", "cpu",
+    cmd = [sys.executable, "-m", "benchmarks.step", "--preset", "tiny-llama", "--device", "cpu",
            "--json", str(out), "--iters", "3", "--warmup", "1"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -180,137 +180,19 @@ def test_json_schema(tiny_run):
 
 def test_markdown_and_default_paths(tiny_run):
     result, _ = tiny_run
-    md = benchmark.to_markdown(result)
+    md = step_report.to_markdown(result)
     assert sum(line.startswith("|") for line in md.splitlines()) == 2 + len(result["rows"])  # header, rule, rows
-    json_path, md_path = benchmark.default_paths(result, "tiny-llama")
+    json_path, md_path = step_report.default_paths(result, "tiny-llama")
     assert json_path.parent == REPO / "benchmarks" / "results"
     assert json_path.name == f"cpu-{result['created_utc'][:10]}-tiny-llama.json" and md_path.suffix == ".md"
-    assert benchmark.default_paths(result, None)[0].name == f"cpu-{result['created_utc'][:10]}.json"
-
-
-# ----------------------------------------------------------------------------------------------
-# The chunked LM-head loss (forward(..., return_logits=False)) against the plain path
-# ----------------------------------------------------------------------------------------------
-FP32_TOL = dict(atol=1e-6, rtol=1e-5)  # float32, same math, only the summation order differs
-
-
-def _loss_and_grads(model, ids, labels, return_logits, amp=False):
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        out = model(input_ids=ids, labels=labels, return_logits=return_logits)
-    out.loss.backward()
-    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
-@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2", "tiny-qwen3"])  # untied, tied, qk-norm
-def test_chunked_loss_and_grads_equal_the_plain_path_fp32(preset):
-    model = DecoderForCausalLM(DecoderConfig.from_preset(preset)).train()
-    model.loss_chunk_size = 40  # 3 x 50 = 150 tokens: 3 full chunks and a ragged one of 30
-    ids = torch.randint(0, 2048, (3, 50))
-    labels = ids.clone()
-    labels[0, :7] = -100  # ignored targets (prompt masking)
-    plain, g_plain = _loss_and_grads(model, ids, labels, return_logits=True)
-    chunked, g_chunked = _loss_and_grads(model, ids, labels, return_logits=False)
-    assert chunked.logits is None and plain.logits.shape == (3, 50, 2048)
-    torch.testing.assert_close(chunked.loss, plain.loss, **FP32_TOL)
-    assert g_chunked.keys() == g_plain.keys()
-    for name in g_plain:
-        torch.testing.assert_close(g_chunked[name], g_plain[name], **FP32_TOL, msg=name)
-    # shift_labels (what PackedTokenDataset yields) takes the same path
-    shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
-    torch.testing.assert_close(model(input_ids=ids, shift_labels=shifted, return_logits=False).loss, plain.loss, **FP32_TOL)
-
-
-def test_chunked_loss_falls_back_when_the_head_weight_is_partitioned():
-    """DeepSpeed ZeRO-3 leaves an empty placeholder in lm_head.weight outside lm_head's forward (its
-    hooks gather the real tensor): return_logits=False must then go through lm_head, not read .weight."""
-    model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).train()
-    ids = torch.randint(0, 2048, (2, 16))
-    expected = model(input_ids=ids, labels=ids).loss
-
-    class Partitioned(torch.nn.Module):  # what ZeRO-3 looks like from outside the module's forward
-        def __init__(self, full: torch.Tensor):
-            super().__init__()
-            self.full, self.weight = full, torch.nn.Parameter(torch.empty(0))
-
-        def forward(self, h):
-            return h @ self.full.t()
-
-    model.lm_head = Partitioned(model.lm_head.weight.detach())
-    out = model(input_ids=ids, labels=ids, return_logits=False)
-    torch.testing.assert_close(out.loss, expected, **FP32_TOL)
-    assert out.logits is not None  # the full path ran
-
-
-def test_chunked_loss_under_bf16_autocast_stays_at_bf16_rounding():
-    """Both paths run the head matmuls in bf16: measured against an fp32 reference, the chunked
-    gradients are as close as the plain path's (relative norm error < 2%, bf16 has 8 mantissa bits)."""
-    model = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).train()
-    model.loss_chunk_size = 64
-    ids = torch.randint(0, 2048, (2, 48))
-    ref, g_ref = _loss_and_grads(model, ids, ids, return_logits=True)
-    plain, g_plain = _loss_and_grads(model, ids, ids, return_logits=True, amp=True)
-    chunked, g_chunked = _loss_and_grads(model, ids, ids, return_logits=False, amp=True)
-    assert chunked.loss.dtype == torch.float32
-    torch.testing.assert_close(chunked.loss, plain.loss, atol=1e-3, rtol=0)
-    for name in g_ref:
-        err_plain = ((g_plain[name] - g_ref[name]).norm() / g_ref[name].norm()).item()
-        err_chunked = ((g_chunked[name] - g_ref[name]).norm() / g_ref[name].norm()).item()
-        assert err_chunked < max(0.02, 2 * err_plain), name
-
-
-def test_linear_cross_entropy_edge_cases():
-    h = torch.randn(10, 8, requires_grad=True)
-    w = torch.randn(30, 8, requires_grad=True)
-    t = torch.randint(0, 30, (10,))
-    # without grad (evaluation): the loss alone, still chunked
-    with torch.no_grad():
-        torch.testing.assert_close(linear_cross_entropy(h, w, t, chunk_size=3), F.cross_entropy(h @ w.t(), t), **FP32_TOL)
-    # every target ignored: NaN, as F.cross_entropy's mean over nothing
-    ignored = torch.full((10,), -100)
-    assert torch.isnan(linear_cross_entropy(h, w, ignored, chunk_size=4))
-    assert torch.isnan(F.cross_entropy(h @ w.t(), ignored))
-    # the gradient is scaled by the incoming gradient (here 3x)
-    (3 * linear_cross_entropy(h, w, t, chunk_size=4)).backward()
-    gh, gw = h.grad.clone(), w.grad.clone()
-    h.grad = w.grad = None
-    (3 * F.cross_entropy(h @ w.t(), t)).backward()
-    torch.testing.assert_close(gh, h.grad, **FP32_TOL)
-    torch.testing.assert_close(gw, w.grad, **FP32_TOL)
-    # a second backward through the same graph would scale the stored gradients twice: refused
-    loss = linear_cross_entropy(h, w, t, chunk_size=4)
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        loss.backward()
-    with pytest.raises(ValueError, match="chunk_size"):
-        linear_cross_entropy(h, w, t, chunk_size=0)
-    with pytest.raises(ValueError, match="must agree"):
-        linear_cross_entropy(h, w, t[:5])
-
-
-def test_no_graph_breaks_for_torch_compile():
-    """torch.compile friendliness: dynamo traces the block and the whole training forward (chunked
-    loss included) as one graph each. explain() only traces: no inductor compile, seconds on CPU."""
-    from modeling.modeling_decoder import rope_cos_sin
-
-    for preset in ("tiny-llama", "tiny-qwen3", "tiny-gpt2"):
-        model = DecoderForCausalLM(DecoderConfig.from_preset(preset, attn_implementation="sdpa")).train()
-        ids = torch.randint(0, 2048, (2, 32))
-        x = torch.randn(2, 32, model.config.hidden_size)
-        rope = None
-        if model.config.position_embedding == "rope":
-            rope = rope_cos_sin(torch.arange(32)[None], model.config.head_dim, model.config.rope_theta, x.dtype)
-        block = torch._dynamo.explain(model.model.layers[0])(x, rope, None, None)
-        full = torch._dynamo.explain(model)(input_ids=ids, labels=ids, return_logits=False)
-        assert block.graph_break_count == 0, (preset, block.break_reasons)
-        assert full.graph_break_count == 0, (preset, full.break_reasons)
+    assert step_report.default_paths(result, None)[0].name == f"cpu-{result['created_utc'][:10]}.json"
 
 
 def test_micro_batch_search_stops_at_oom_and_undoes_its_probe_steps(monkeypatch):
     """`--micro-batch auto` (CUDA) doubles until a step runs out of memory; the probes' optimizer steps
     must not leak into the timed run (every variant starts from the same weights) nor its peak memory."""
     src = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).eval()
-    runner = benchmark.build_runner(src, benchmark.Variant("ours", "sdpa", False, "chunked"), torch.device("cpu"),
+    runner = step_runner.build_runner(src, step_runner.Variant("ours", "sdpa", False, "chunked"), torch.device("cpu"),
                                     "fp32", "amp")
     before = {k: t.clone() for k, t in runner.model.state_dict().items()}
     real_step = runner.step
@@ -322,10 +204,44 @@ def test_micro_batch_search_stops_at_oom_and_undoes_its_probe_steps(monkeypatch)
         return torch.zeros(())
 
     monkeypatch.setattr(runner, "step", step)
-    assert benchmark.find_max_micro_batch(runner, 16, 2048, torch.device("cpu"), seed=0, cap=64) == 4
+    assert step_runner.find_max_micro_batch(runner, 16, 2048, torch.device("cpu"), seed=0, cap=64) == 4
     after = runner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # four AdamW probe steps undone
     assert not runner.optimizer.state
     with pytest.raises(RuntimeError, match="boom"):  # anything but OOM is a real error, not a search result
         monkeypatch.setattr(runner, "step", lambda ids, eager=False: (_ for _ in ()).throw(RuntimeError("boom")))
-        benchmark.find_max_micro_batch(runner, 16, 2048, torch.device("cpu"), seed=0, cap=64)
+        step_runner.find_max_micro_batch(runner, 16, 2048, torch.device("cpu"), seed=0, cap=64)
+
+
+def test_a_step_is_the_trainers_train_step(monkeypatch):
+    """What is timed is what is trained: every runner step is one Trainer.train_step, and the first one's loss
+    is the plain forward loss of the source weights on that batch (labels = the batch, shifted inside)."""
+    from training.trainer import Trainer
+
+    calls = []
+    real = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self: calls.append(self) or real(self))
+    src = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).eval()
+    ids = torch.randint(0, 2048, (2, 16))
+    with torch.no_grad():
+        expected = float(src(input_ids=ids, labels=ids).loss)
+    for variant in (step_runner.Variant("ours", "sdpa", False, "chunked"), step_runner.Variant("ours", "sdpa", False, "full"),
+                    step_runner.Variant("native", "sdpa", False, "full")):
+        calls.clear()
+        runner = step_runner.build_runner(src, variant, torch.device("cpu"), "fp32", "amp")
+        first = runner.step(ids)
+        runner.step(ids)
+        assert len(calls) == 2 and all(isinstance(t, Trainer) for t in calls), variant.label
+        assert float(first) == pytest.approx(expected, abs=1e-5), variant.label
+    with pytest.raises(SystemExit, match="fp16"):  # accelerate would silently compute an fp16 CPU step in fp32
+        benchmark.resolve_args(benchmark.build_parser().parse_args(["--device", "cpu", "--dtype", "fp16"]))
+
+
+@pytest.mark.parametrize("old, new", [("training.benchmark", "benchmarks.step"), ("training.sweep", "benchmarks.sweep")])
+def test_old_entry_points_run_the_new_tools(old, new):
+    """`python -m training.benchmark` / `training.sweep` stay for one release: the same tool, nothing extra printed."""
+    env = {**__import__("os").environ, "COLUMNS": "100"}
+    runs = [subprocess.run([sys.executable, "-m", m, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=120) for m in (old, new)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout and f"usage: python -m {new}" in runs[0].stdout

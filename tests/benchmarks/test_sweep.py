@@ -1,12 +1,12 @@
-"""training.sweep on CPU with tiny-llama: rows, the choice, the OOM path and the CLI."""
+"""benchmarks.sweep on CPU with tiny-llama: rows, the choice, the OOM path and the CLI."""
 
 import json
 
 import pytest
 import torch
 
-import training.sweep as sweep_module
-from training.sweep import main, sweep
+import benchmarks.sweep as sweep_module
+from benchmarks.sweep import main, sweep
 
 
 def test_sweep_on_cpu():
@@ -65,3 +65,18 @@ def test_chunked_loss_option():
         with pytest.raises(ValueError, match="return_logits"):
             sweep("tiny-qwen3", global_batch=2, micro_batches=(2,), seq_len=32, iters=1, progress=False,
                   chunked_loss=True)
+
+
+def test_each_step_is_the_trainers_train_step(monkeypatch):
+    """The sweep times Trainer.train_step (iters per configuration); its phases come from the trainer's own
+    ranges, and the phase timer is removed afterwards."""
+    from training import trainer
+
+    calls = []
+    real = trainer.Trainer.train_step
+    monkeypatch.setattr(trainer.Trainer, "train_step", lambda self: calls.append(self.batch) or real(self))
+    r = sweep("tiny-llama", global_batch=4, micro_batches=(1, 4), seq_len=16, iters=3, progress=False)
+    assert [(b.micro_batch, b.grad_accum_steps) for b in calls] == [(1, 4)] * 3 + [(4, 1)] * 3
+    for row in r["rows"]:
+        assert row["data_ms"] > 0 and row["forward_ms"] > 0 and row["backward_ms"] > 0
+    assert getattr(trainer.nvtx, "recorder", None) is None
