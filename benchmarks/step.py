@@ -185,7 +185,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     try:
         check_precision(torch.device(args.device), args.dtype, pure=args.precision == "pure")
     except ValueError as exc:
-        raise SystemExit(f"--dtype {args.dtype} --precision {args.precision}: {exc}")
+        raise SystemExit(f"--dtype {args.dtype} --precision {args.precision}: {exc} (or --precision pure: fp16 weights)")
     args.attn = parse_set(args.attn, ATTN_CHOICES, "--attn")
     args.compile = [c == "on" for c in parse_set(args.compile, ("off", "on"), "--compile")]
     args.loss = parse_set(args.loss, LOSS_CHOICES, "--loss")

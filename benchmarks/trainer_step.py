@@ -57,7 +57,7 @@ def check_precision(device: torch.device, precision: str, pure: bool = False) ->
     get_precision(precision)  # unknown name: one error naming the choices
     if precision == "fp16" and not pure and device.type != "cuda":
         raise ValueError("fp16 mixed precision needs CUDA (accelerate does not autocast fp16 on a CPU, the step "
-                         "would run in fp32); use bf16 or fp32 on a CPU, or --precision pure for fp16 weights")
+                         "would run in fp32); use bf16 or fp32 on a CPU")
 
 
 def fresh_accelerator(device: torch.device, mixed_precision: str, grad_accum_steps: int) -> Accelerator:
