@@ -186,6 +186,19 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     raise ValueError(f"{key}={value!r} in {where} has type {type(value).__name__}; expected {names}")
 
 
+def config_from_argv(argv: list[str]) -> tuple[TrainConfig, Optional[str]]:
+    """training/run.py's command line (`--recipe FILE` or `--recipe=FILE`, then --key=value overrides) ->
+    the validated recipe and the recipe file. The launcher reads out_dir through it too."""
+    args, recipe = list(argv), None
+    if "--recipe" in args:
+        i = args.index("--recipe")
+        recipe, args = args[i + 1], args[:i] + args[i + 2:]
+    else:
+        recipe = next((a.split("=", 1)[1] for a in args if a.startswith("--recipe=")), None)
+        args = [a for a in args if not a.startswith("--recipe=")]
+    return load_config(recipe, parse_overrides(args)), recipe
+
+
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """`--key=value` (or `--key value`) -> {key: YAML-parsed value}."""
     out: dict[str, Any] = {}

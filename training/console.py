@@ -46,6 +46,28 @@ def quiet_deepspeed_import() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def quiet_deepspeed_op_load() -> None:
+    """DeepSpeed prints "DeepSpeed deepspeed_shm_comm_op built successfully" on stdout on every rank of
+    every CPU launch when it loads its shared-memory collective op (deepspeed.comm.torch.build_shm_op),
+    built or not; the first-run build itself is announced by training.worker.check_jit_builds."""
+    import contextlib
+    import importlib
+    import io
+
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")  # the module (deepspeed.comm.torch is torch)
+
+    build = getattr(ds_comm_torch, "build_shm_op", None)
+    if build is None or getattr(build, "_quiet", False):  # another DeepSpeed, or already wrapped
+        return
+
+    def quiet_build():
+        with contextlib.redirect_stdout(io.StringIO()):
+            return build()
+
+    quiet_build._quiet = True
+    ds_comm_torch.build_shm_op = quiet_build
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -53,17 +53,10 @@ def _training_out_dir(script: str, script_args: list[str]) -> Optional[Path]:
     another script or arguments that do not parse (the workers said why already)."""
     if Path(script).name != "run.py" and script != "training.run":
         return None
-    from training.config import load_config, parse_overrides
+    from training.config import config_from_argv
 
-    args, recipe = list(script_args), None
     try:
-        if "--recipe" in args:
-            i = args.index("--recipe")
-            recipe, args = args[i + 1], args[:i] + args[i + 2:]
-        else:
-            recipe = next((a.split("=", 1)[1] for a in args if a.startswith("--recipe=")), None)
-            args = [a for a in args if not a.startswith("--recipe=")]
-        return Path(load_config(recipe, parse_overrides(args)).out_dir)
+        return Path(config_from_argv(script_args)[0].out_dir)
     except Exception:  # noqa: BLE001 - only a message depends on it
         return None
 
@@ -96,6 +89,9 @@ def _reap_children() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from training.console import quiet_deepspeed_import
+
+    quiet_deepspeed_import()  # accelerate's launcher imports DeepSpeed too: no "Setting accelerator to CPU"
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
 

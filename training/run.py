@@ -26,9 +26,14 @@ if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):  # before to
     print(help_text(__doc__))
     sys.exit(0)
 
+if __name__ == "__main__":  # a Ctrl-C during start-up (imports, DeepSpeed init) exits quietly, as 128 + signal;
+    import signal  # the Trainer installs its checkpoint-and-stop handler once training starts
+
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
 import torch
 
-from training.console import quiet_deepspeed_import, setup_console
+from training.console import quiet_deepspeed_import, quiet_deepspeed_op_load, setup_console
 from training.worker import use_venv_extensions_dir
 
 quiet_deepspeed_import()  # before anything imports deepspeed
@@ -39,7 +44,7 @@ from modeling import (FLOPS_DEFINITION, DecoderConfig, DecoderForCausalLM, count
 from training import callbacks as cb
 from training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, schedule_of, select_resume
 from training.batch_plan import BatchPlan
-from training.config import TrainConfig, help_text, load_config, parse_overrides
+from training.config import TrainConfig, config_from_argv, help_text
 from training.distributed import (agree_on_resume, build_accelerator, compute_dtype, configure_deepspeed,
                                   optimizer_offloaded, precision_name, strategy_description)
 from training.nonfinite import EXIT_CODE as NONFINITE_EXIT, LossSpikes, NonFiniteError
@@ -128,14 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(help_text(__doc__))
         return 0
-    recipe = None
-    if "--recipe" in argv:
-        i = argv.index("--recipe")
-        recipe, argv = argv[i + 1], argv[:i] + argv[i + 2:]
-    else:
-        recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("--recipe=")), None)
-        argv = [a for a in argv if not a.startswith("--recipe=")]
-    cfg = load_config(recipe, parse_overrides(argv))
+    cfg, recipe = config_from_argv(argv)
     exit_with_launcher()  # an orphaned worker (launcher killed with -9) gets SIGTERM: checkpoint and exit
     check_gpus_for_launch_config()
     rank = int(os.environ.get("RANK", "0"))
@@ -168,6 +166,7 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
     rank calls it. (benchmarks/trainer_overhead.py times the trainer it returns against a bare loop.)"""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
         check_jit_builds(["deepspeed_shm_comm"], announce=os.environ.get("LOCAL_RANK", "0") == "0")
+        quiet_deepspeed_op_load()
     # The batch plan, worked out once: the accelerator needs its accumulation, which needs the world
     # size, so it comes from the launcher's environment (WORLD_SIZE) and is checked against the accelerator.
     batch = cfg.batch_plan(int(os.environ.get("WORLD_SIZE", "1")))
