@@ -1,7 +1,7 @@
 """Reports for every benchmark: number formatting, the plain-text table (the stack's one printer,
 training.analysis.format_table), a markdown table, and atomic JSON / text files.
 
-Standard library only, like its imports: `python -m data_prep.bench` and the GPU check use it without
+Standard library only, like its imports: `python -m benchmarks.data_bench` and the GPU check use it without
 torch. The atomic write is data_prep.atomic's (temp file + rename), imported when a file is written.
 """
 

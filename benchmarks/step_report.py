@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 
 from modeling import mfu
-from training.hardware import canonical_gpu_name, detect_device, peak_flops
+from training.hardware import canonical_gpu_name, detect_device, matmul_dtype, peak_flops
 
 from .report import fmt, markdown_table, slug
 from .timing import geomean, step_time_ms
@@ -41,7 +41,7 @@ def device_info(device: torch.device, dtype: str) -> dict[str, Any]:
         logger.warning("%s: MFU will be null", exc)
         gpu = None
     # fp32 matmuls run on tensor cores (TF32) only when torch is told so; the peak must match
-    peak_dtype = "tf32" if dtype == "fp32" and torch.backends.cuda.matmul.allow_tf32 else dtype
+    peak_dtype = matmul_dtype(dtype)  # the same column training reads (TF32 when torch allows it)
     return {"label": slug(gpu or name), "name": name, "peak_flops": peak_flops(gpu, peak_dtype) if gpu else None,
             "peak_dtype": peak_dtype, "detected": detect_device()}
 

@@ -2,7 +2,7 @@
 rounds, host-sync counting, phase timers for the trainer's step, and the statistics of step times.
 
 Standard library at import: torch is imported by the functions that touch a device, so that
-`python -m data_prep.bench` (CPU seconds of a tokenizer pipeline) does not load it.
+`python -m benchmarks.data_bench` (CPU seconds of a tokenizer pipeline) does not load it.
 """
 
 from __future__ import annotations

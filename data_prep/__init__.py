@@ -4,7 +4,7 @@
     python -m data_prep.prepare --input CORPUS --tokenizer TOKDIR --out DATA --seq-len T --val-fraction F
     python -m data_prep.prepare ... --max-tokens 117e9 --tasks 512 --workers 64 [--node-rank R --num-nodes N]
     python -m data_prep.prepare --out DATA --finalize
-    python -m data_prep.bench
+    python -m benchmarks.data_bench  (data_prep.bench: the old name)
 
     from data_prep import PackedTokenDataset, build_dataloader, load_manifest, check_vocab_compat
 """

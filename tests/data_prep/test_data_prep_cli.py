@@ -21,7 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("module,expect", [
     ("data_prep.tokenizer", "train"),
     ("data_prep.prepare", "--val-fraction"),
-    ("data_prep.bench", "--json"),
+    ("benchmarks.data_bench", "--json"),
 ])
 def test_help(module: str, expect: str) -> None:
     res = run(module, "--help")
