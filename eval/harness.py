@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from data_prep.atomic import atomic_write_json, atomic_write_text
+from training.precision import PRECISIONS  # standard library only, like training.checkpoint_layout
+
 from .checkpoint import as_native, find_tokenizer_dir, load_model, load_tokenizer, model_summary, resolve_checkpoint
 from .errors import EvalError, run_cli
 from .report import SCHEMA, default_output_path, load_results_file, markdown_report
@@ -40,8 +42,8 @@ from .taskspec import DEFAULT_TASKS, load_tasks, parse_task_names
 
 log = logging.getLogger("eval.harness")
 
-DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-          "float32": "float32", "fp32": "float32"}
+# --dtype values: the precision table's names (bf16) and torch's (bfloat16) -> torch's
+DTYPES = {alias: p.torch_dtype for p in PRECISIONS.values() for alias in (p.torch_dtype, p.name)}
 DEFAULT_BATCH_SIZE = {"cuda": 32, "cpu": 8}  # ARC prompts are short: 32 fits any GPU for a 2B model
 
 
