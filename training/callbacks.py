@@ -332,7 +332,7 @@ class Checkpointer(Callback):
             path = checkpoint.save_checkpoint(
                 trainer.accelerator, trainer.model, trainer.scheduler, out_dir=cfg.out_dir, state=trainer.state.to_dict(),
                 data_loader=trainer.train_loader, schedule=checkpoint.schedule_of(cfg), tokenizer=trainer.tokenizer,
-                seq_len=cfg.seq_len, keep=cfg.keep_checkpoints, export_hf=export)
+                seq_len=trainer.batch.seq_len, keep=cfg.keep_checkpoints, export_hf=export)
         # bytes: what the next save needs free (keeping K checkpoints needs room for K+1)
         trainer.log({"type": "checkpoint", "iter": trainer.state.iter, "path": str(path),
                                    "reason": reason, "time_ms": 1000 * (time.perf_counter() - start),
