@@ -1,5 +1,5 @@
 """Reports for every benchmark: number formatting, the plain-text table (the stack's one printer,
-training.analysis.format_table), a markdown table, and atomic JSON / text files.
+training/tables.py), a markdown table, and atomic JSON / text files.
 
 Standard library only, like its imports: `python -m benchmarks.data_bench` and the GPU check use it without
 torch. The atomic write is data_prep.atomic's (temp file + rename), imported when a file is written.
@@ -7,12 +7,11 @@ torch. The atomic write is data_prep.atomic's (temp file + rename), imported whe
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from training.analysis import fmt, format_table  # noqa: F401 - the stack's table printer, re-exported
+from training.tables import fmt, format_table, write_json  # noqa: F401 - the stack's printers, re-exported
 
 __all__ = ["fmt", "format_table", "markdown_table", "slug", "write_json", "write_text"]
 
@@ -40,15 +39,3 @@ def write_text(path: str | Path, text: str) -> Path:
     from data_prep.atomic import atomic_write_text
 
     return atomic_write_text(path, text)
-
-
-def write_json(obj: Any, target: str | Path | None) -> None:
-    """`--json FILE` writes the file atomically, `--json -` prints to stdout, None does nothing.
-    Values JSON cannot hold (paths, dtypes) are written as their str()."""
-    if target is None or target == "":
-        return
-    text = json.dumps(obj, indent=2, default=str)
-    if str(target) == "-":
-        print(text)
-    else:
-        write_text(target, text + "\n")

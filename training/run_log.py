@@ -17,6 +17,7 @@ Readers take what a killed run leaves: a line cut short (or empty, or not a JSON
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,24 @@ def find_run_dir(start: Path, max_up: int = 3) -> Optional[Path]:
         if log_path(candidate).is_file():
             return candidate
     return None
+
+
+def config_value(obj: Any, key: str) -> Any:
+    """First value of `key` in a (nested) config record: the trainer flattens run_info into the
+    record, older or other writers may nest it under "config" or "recipe"."""
+    if isinstance(obj, dict):
+        if key in obj and obj[key] is not None:
+            return obj[key]
+        for v in obj.values():
+            found = config_value(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def finite_number(x: Any) -> float | None:
+    """x as a float when it is a finite number (not a bool), else None: what a plot or summary can use."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
 def tracker_metrics(record: dict[str, Any]) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def _cpu_train(it, tokens_per_iter):
 
 
 def test_plots_title_the_run_config_put_tokens_on_x_and_label_memory_by_kind(tmp_path):
-    from training.analysis import build_figures
+    from training.plots import build_figures
 
     small = [_config("small-batch", 1024, 4)] + [_cpu_train(i, 1024) for i in range(10, 41, 10)]
     small.append({"type": "eval", "iter": 20, "val_loss": 4.9})
@@ -170,7 +170,7 @@ def test_plots_title_the_run_config_put_tokens_on_x_and_label_memory_by_kind(tmp
 
 
 def test_one_run_gets_iterations_on_the_top_axis_and_cuda_memory_labels(tmp_path):
-    from training.analysis import build_figures
+    from training.plots import build_figures
 
     records = [_config("gpu", 2048, 8, mem_kind="cuda_allocator")] + [
         {**_train(max(i, 1), 4.0, 100.0), "iter": i, "tokens": i * 2048} for i in (0, 5, 10)]
@@ -185,7 +185,7 @@ def test_one_run_gets_iterations_on_the_top_axis_and_cuda_memory_labels(tmp_path
 
 
 def test_logs_without_tokens_fall_back_to_iterations(tmp_path):
-    from training.analysis import build_figures
+    from training.plots import build_figures
 
     records = [{"type": "config", "max_iters": 3}] + [
         {k: v for k, v in _train(i, 4.0, 100.0).items() if k != "tokens"} for i in (1, 2, 3)]

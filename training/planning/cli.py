@@ -8,7 +8,8 @@ import sys
 
 from modeling import PRESETS
 
-from ..analysis import fmt, format_table, summarize, write_json
+from ..analysis import summarize
+from ..tables import fmt, format_table, write_json
 from ..hardware import known_gpus
 from . import __doc__ as PACKAGE_DOC  # usage and conventions: the description --help prints
 from .batch import SAFETY_MARGIN, plan_batch
