@@ -48,6 +48,9 @@ re-hashes the shards against the manifest's sha256 (reads every byte: once, at s
 Do not wrap these loaders with `accelerator.prepare`: sharding across ranks is already done here
 (pass rank / world_size), and accelerate would shard a second time. Move batches to the device
 yourself (`pin_memory=True` + `.to(device, non_blocking=True)`).
+
+One module (~430 lines): the sample stream, its rank split and its resume state are one contract
+(above); the permutation is in determinism.py, the shard files in shards.py.
 """
 
 from __future__ import annotations

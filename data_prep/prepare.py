@@ -28,6 +28,9 @@ end-of-text token instead (<|endoftext|>, <|end_of_text|>). Train/val: splits th
 has are kept; otherwise a document goes to val iff a hash of (seed, its text) < val_fraction, so
 the split never depends on positions, tasks or machines. `--max-tokens T` gives each task a budget
 of ceil(T / tasks) train tokens; a task stops after the document that reaches it.
+
+One module (~520 lines): the run's contract (start, resume, refuse a changed run, finalize) and its CLI
+are one story a reader follows top to bottom; the steps themselves live in pipeline.py and shards.py.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ carve the validation set out by hashing the document's text.
 `shard_units` gives task `rank` of `world` its part of the corpus: every world-th file, and its
 1/world share of each Hub / saved dataset. Units are picklable (a loaded dataset is dropped and
 reopened by the task), so they travel to datatrove's worker processes and Slurm/Ray tasks.
+
+One module (~500 lines): every kind of input (local files, globs, URLs, file manifests, Hub and saved
+datasets) resolves to the same Unit and is read through the same iter_chunks; readers.py decodes files.
 """
 
 from __future__ import annotations

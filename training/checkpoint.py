@@ -18,6 +18,9 @@ DeepSpeed's shards are read with torch.load(weights_only=True) plus an allowlist
 plain-data classes (DeepSpeed itself loads with weights_only=False). What remains is torch's
 restricted unpickler and the manifest: a checkpoint's training state must still come from a trusted
 source (see README, "Resume").
+
+One module (~440 lines): save and load are each other's inverse and must change together; the
+layout and the "complete" rule they share with eval/ are in checkpoint_layout.py.
 """
 
 from __future__ import annotations
