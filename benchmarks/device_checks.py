@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from modeling import DecoderConfig, DecoderForCausalLM, to_hf
+from modeling.names import ATTN_IMPLEMENTATIONS
 from modeling.attention import (
     ATTENTION_FUNCTIONS, documents_from_position_ids, eager_attention, flash_attn_unavailable_reason,
 )
@@ -37,7 +38,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _backends(dtype: torch.dtype) -> list[str]:
-    return ["eager", "sdpa"] + ([] if flash_attn_unavailable_reason(dtype) else ["flash_attention_2"])
+    """Every named backend (modeling/names.py) this device runs at `dtype`."""
+    return [name for name in ATTN_IMPLEMENTATIONS if name != "auto"
+            and (name != "flash_attention_2" or not flash_attn_unavailable_reason(dtype))]
 
 
 def _cast(model, device, dtype):

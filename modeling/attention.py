@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .names import ATTN_IMPLEMENTATIONS
+
 logger = logging.getLogger(__name__)
 
 FLASH_INSTALL_HINT = "pip install flash-attn --no-build-isolation (needs CUDA and a matching torch build)"
@@ -223,9 +225,9 @@ def resolve_attn_implementation(requested: Optional[str], compute_dtype: Optiona
                 "Install it on a GPU machine, or request 'sdpa' / 'auto' instead."
             )
         return requested, "requested explicitly"
-    if requested in ("sdpa", "eager"):
+    if requested in ATTN_IMPLEMENTATIONS:  # eager, sdpa: always available
         return requested, "requested explicitly"
-    raise ValueError(f"unknown attn_implementation {requested!r}; choose one of auto, eager, sdpa, flash_attention_2")
+    raise ValueError(f"unknown attn_implementation {requested!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
 
 
 def default_scale(head_dim: int) -> float:
