@@ -58,18 +58,25 @@ _RUN_LOCK: list = []  # the out_dir lock of this process (rank 0), released by t
 
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, dtype: torch.dtype = torch.float32) -> DecoderForCausalLM:
+def build_model(cfg: TrainConfig, batch: BatchPlan, vocab_size: int, dtype: torch.dtype = torch.float32
+                ) -> DecoderForCausalLM:
     """dtype: what the run computes in (the weights are built in fp32 and cast or autocast later); it
     decides whether attn_implementation=auto may pick flash_attn, which takes fp16/bf16 only."""
     attn, reason = resolve_attn_implementation(cfg.attn_implementation, compute_dtype=dtype)
     if cfg.attn_implementation == "auto":
         logger.info("attention: %s (%s)", attn, reason)
     config = DecoderConfig.from_preset(cfg.preset, vocab_size=vocab_size, attn_implementation=attn, **cfg.model_overrides)
-    config.check_seq_len(cfg.seq_len)
+    config.check_seq_len(batch.seq_len)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = DecoderForCausalLM(config)
     if cfg.attn_implementation == "auto":  # the model was handed the resolved name: keep auto's reason
         model.attn_backend_reason = reason
+    return prepare_for_training(model, cfg)
+
+
+def prepare_for_training(model: DecoderForCausalLM, cfg: TrainConfig) -> DecoderForCausalLM:
+    """Activation checkpointing, then torch.compile per block, in place (the order torchtitan applies
+    them). The step benchmark calls it too, so that what it times is what trains."""
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                               every_n_layers=cfg.activation_checkpointing_every)
@@ -184,7 +191,7 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
 
     vocab = cfg.vocab_size or model_vocab_size(manifest)
     check_vocab_compat(manifest, vocab)
-    model = build_model(cfg, vocab, compute_dtype(accelerator))
+    model = build_model(cfg, batch, vocab, compute_dtype(accelerator))
     tokenizer = load_tokenizer(cfg.data_dir)
 
     if optimizer_offloaded(accelerator):
