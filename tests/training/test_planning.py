@@ -415,3 +415,14 @@ def test_planner_loss_chunk_is_the_models(preset, monkeypatch):
     model(input_ids=ids[:, :-1], shift_labels=ids[:, 1:], return_logits=False)
     assert seen == [model_loss_chunk_size(config)]
     assert estimate_memory(config, micro_batch=1, seq_len=8)["activation_model"]["loss_chunk_size"] == seen[0]
+
+
+def test_planners_refuse_sequences_longer_than_a_learned_position_table():
+    """gpt2-124m has 1024 learned positions: no memory, batch or time plan for 4096-token sequences
+    (the same error training raises, from DecoderConfig.check_seq_len)."""
+    for plan in (lambda: plan_batch("H100", 1, "gpt2-124m", 4096),
+                 lambda: estimate_memory("gpt2-124m", micro_batch=1, seq_len=4096),
+                 lambda: estimate_time("gpt2-124m", tokens=1e9, seq_len=4096)):
+        with pytest.raises(ValueError, match="seq_len=4096 exceeds the learned position table"):
+            plan()
+    assert plan_batch("H100", 1, "gpt2-124m", 1024)["micro_batch"] >= 1

@@ -309,6 +309,7 @@ def estimate_memory(
     precision = "bf16" if get_precision(precision).mixed else "fp32"
     if micro_batch < 1 or seq_len < 1 or world_size < 1:
         raise ValueError(f"micro_batch, seq_len and world_size must be >= 1 (got {micro_batch}, {seq_len}, {world_size})")
+    config.check_seq_len(seq_len)  # a learned position table longer sequences cannot use: no plan for them
     if grad_accum_dtype is None:
         grad_accum_dtype = "fp32" if strategy == "zero1" else precision  # as ds_configs/zero1.json sets it
     counts = count_parameters(config)

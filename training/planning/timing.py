@@ -29,6 +29,7 @@ def estimate_time(
     if not 0 < mfu <= 1:
         raise ValueError(f"MFU is a fraction in (0, 1], got {mfu} (0.4 is a good dense-training figure)")
     config = DecoderConfig.from_preset(preset)
+    config.check_seq_len(seq_len)
     n = count_parameters(config)["total"]
     fpt = flops_per_token(config, seq_len)
     source = "given"
