@@ -82,6 +82,17 @@ class Callback:
 HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
 
 
+def _tracker_config(trainer) -> dict[str, Any]:
+    """What the trackers record as the run's configuration: every scalar recipe key, the run's scalar
+    facts (n_params, precision, world_size, ...) and the batch plan as batch/<field>."""
+    def scalars(d: dict) -> dict:
+        return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+    info = trainer.run_info
+    return {**scalars(trainer.cfg.to_dict()), **scalars(info),
+            **{f"batch/{k}": v for k, v in scalars(info.get("batch", {})).items()}}
+
+
 # ------------------------------------------------------------------------------------------------
 class JsonlLogger(Callback):
     """Rank 0, where every trainer.log record arrives: the run log through its one writer
@@ -101,14 +112,13 @@ class JsonlLogger(Callback):
         self.writer.begin(trainer.state.iter)
         self.max_iters = trainer.cfg.max_iters
         self._start = (time.perf_counter(), trainer.state.iter)
-        self._write({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
-        if trainer.cfg.trackers:
-            acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name,
-                              config={k: v for k, v in trainer.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        if trainer.cfg.trackers:  # the run's settings as the trackers' config (hyperparameters), not as metrics
+            acc.init_trackers(trainer.cfg.run_name or Path(trainer.cfg.out_dir).name, config=_tracker_config(trainer))
+        trainer.log({"type": "config", **trainer.run_info, "start_iter": trainer.state.iter})
 
     def on_log(self, trainer, record: dict[str, Any]) -> None:
         self._write(record)
-        if trainer.cfg.trackers:  # the names: run_log.tracker_metrics (<type>/<field>; iter is the step)
+        if trainer.cfg.trackers and record["type"] != "config":  # run_log.tracker_metrics: <type>/<field>, iter the step
             metrics = run_log.tracker_metrics(record)
             if metrics:
                 trainer.accelerator.log(metrics, step=record.get("iter"))

@@ -57,6 +57,7 @@ class _Accelerator:
 
     def init_trackers(self, name, config):
         self.trackers.append(name)
+        self.tracker_config = config
 
     def log(self, values, step=None):
         self.logged.append((step, values))
@@ -106,6 +107,9 @@ def test_harness_profile_and_loop_records_take_the_one_path(tmp_path, monkeypatc
     assert tracked["eval_harness/tasks/arc_easy/acc_norm"] == (1, 0.5)
     assert tracked["skipped_step/skipped_steps"] == (1, 1)
     assert trainer.accelerator.trackers == ["t"]
+    # the run's settings go to the trackers as their config, not as metrics
+    assert trainer.accelerator.tracker_config == {"max_iters": 10, "n_params": 1}
+    assert not any(k.startswith("config/") for k in tracked)
 
 
 def test_other_ranks_and_untracked_runs_write_nothing(tmp_path):
