@@ -22,7 +22,7 @@ import yaml
 from .batch_plan import BatchPlan
 from .precision import PRECISION_NAMES
 
-PRECISIONS = ("auto", *PRECISION_NAMES)  # auto: what the accelerate config says
+RECIPE_PRECISIONS = ("auto", *PRECISION_NAMES)  # auto: what the accelerate config says
 # accelerate's `log_with` names (accelerate.utils.LoggerType, minus "all"); availability is checked at start
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab", "aim")
 NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py holds the behaviour (no torch import here)
@@ -100,8 +100,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.precision not in RECIPE_PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose one of {RECIPE_PRECISIONS}")
         for name in ("global_batch_size", "global_batch_tokens"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -253,7 +253,7 @@ def load_config(recipe: Optional[str], overrides: dict[str, Any] | None = None) 
 # The attention names live in modeling/names.py, a standard-library file loaded by path: importing it
 # through the `modeling` package would import torch, which --help must not wait for.
 _MODELING_NAMES = runpy.run_path(str(Path(__file__).resolve().parents[1] / "modeling" / "names.py"))
-CHOICES = {"precision": PRECISIONS, "nonfinite_policy": NONFINITE_POLICIES, "trackers": TRACKERS,
+CHOICES = {"precision": RECIPE_PRECISIONS, "nonfinite_policy": NONFINITE_POLICIES, "trackers": TRACKERS,
            "attn_implementation": _MODELING_NAMES["ATTN_IMPLEMENTATIONS"]}
 
 

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import re
 
+from .precision import PRECISIONS
+
 PEAK_FLOPS: dict[str, dict[str, float]] = {
     "B200": {"bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15, "tf32": 1.125e15, "fp32": 75e12},
     "H200 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "fp8": 1670.5e12, "tf32": 417.5e12, "fp32": 60e12},
@@ -74,12 +76,14 @@ GPU_MEMORY_GB: dict[str, float] = {
     "RTX 3090": 24.0,
 }
 
+# Every spelling of a peak-table column: the precision table's names, torch's dtype names (with and
+# without "torch."), accelerate's mixed_precision values and Lightning's; plus tf32 and fp8, which are
+# peak columns but not precisions a run is configured in.
 DTYPE_ALIASES: dict[str, str] = {
-    "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16", "bf16-mixed": "bf16",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16", "torch.float16": "fp16", "16-mixed": "fp16",
-    "fp32": "fp32", "float32": "fp32", "float": "fp32", "torch.float32": "fp32", "no": "fp32", "32": "fp32",
-    "tf32": "tf32",
-    "fp8": "fp8", "float8": "fp8",
+    **{alias: p.name for p in PRECISIONS.values()
+       for alias in (p.name, p.torch_dtype, f"torch.{p.torch_dtype}", p.accelerate)},
+    "half": "fp16", "float": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16", "32": "fp32",
+    "tf32": "tf32", "fp8": "fp8", "float8": "fp8",
 }
 
 # (pattern on the lower-cased name with spaces, dashes and underscores removed, canonical name),
