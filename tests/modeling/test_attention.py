@@ -152,3 +152,11 @@ def test_flash_path_under_autocast_gets_one_half_dtype(fake_flash_attn):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(input_ids=ids, labels=ids).loss.backward()
     assert fake_flash_attn and all(c["dtypes"] == {torch.bfloat16} for c in fake_flash_attn)
+
+
+def test_every_attention_name_has_a_kernel():
+    """modeling/names.py is the one list: every name but auto has a kernel, and there is no other kernel."""
+    from modeling.attention import ATTENTION_FUNCTIONS
+    from modeling.names import ATTN_IMPLEMENTATIONS
+
+    assert set(ATTENTION_FUNCTIONS) == set(ATTN_IMPLEMENTATIONS) - {"auto"}
