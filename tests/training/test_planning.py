@@ -346,12 +346,16 @@ def test_cli_tables_and_json(tmp_path, capsys):
 
 
 def test_time_with_mfu_measured_in_a_log(tmp_path, capsys):
-    def log(run, mfus):
-        run.mkdir()
+    from training.run_log import RunLogWriter, log_path
+
+    def log(run, mfus):  # written as training writes it
+        writer = RunLogWriter(log_path(run))
+        writer.begin(0)
         records = [{"type": "config", "max_iters": 2}] + [
             {"type": "train", "iter": i + 1, "loss": 3.0, "time_ms": 100.0, "tokens_per_sec": 1e4, "mfu": m}
             for i, m in enumerate(mfus)]
-        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        for r in records:
+            writer.write(r)
         return str(run)
 
     gpu_run = log(tmp_path / "gpu", [0.2, 0.3])
