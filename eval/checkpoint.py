@@ -4,6 +4,7 @@ CHECKPOINT may be any of (checked in this order):
 
   a training run dir      OUT/ with OUT/checkpoints/iter_XXXXXX/ -> its latest complete checkpoint
   a training checkpoint   OUT/checkpoints/iter_000008/ holding model/ (+ trainer_state.json)
+                          (the layout and its names: training/checkpoint_layout.py)
   a model directory       config.json + weights: our save_pretrained (model_type "llmstack_decoder")
                           or a native export (gpt2 / llama / qwen3 / any transformers causal LM)
   a Hub model id          ORG/NAME, fetched through the usual Hugging Face cache
@@ -50,7 +51,7 @@ class ResolvedCheckpoint:
             return self.spec
         if self.checkpoint_dir is not None:
             parent = self.checkpoint_dir.parent
-            if parent.name == "checkpoints":  # OUT/checkpoints/iter_X -> "OUT/iter_X"
+            if parent.name == layout.CHECKPOINTS_DIR:  # OUT/checkpoints/iter_X -> "OUT/iter_X"
                 parent = parent.parent
             return f"{parent.name}/{self.checkpoint_dir.name}"
         return Path(self.model).name
@@ -63,9 +64,13 @@ class ResolvedCheckpoint:
         return self.checkpoint_dir if self.checkpoint_dir is not None else Path(self.model)
 
 
+def _holds_model(ckpt: Path) -> bool:
+    return (ckpt / layout.MODEL_DIR / "config.json").is_file()
+
+
 def _is_training_checkpoint(path: Path) -> bool:
     """Training's own rule (training/checkpoint_layout.py: iter_N with its manifest), holding a model."""
-    return layout.is_complete(path) and (path / "model" / "config.json").is_file()
+    return layout.is_complete(path) and _holds_model(path)
 
 
 def _model_problems(ckpt: Path) -> list[str]:
@@ -75,14 +80,14 @@ def _model_problems(ckpt: Path) -> list[str]:
         manifest = layout.read_manifest(ckpt)
     except layout.CheckpointIntegrityError as e:
         return [str(e)]
-    return layout.verify(ckpt, [n for n in manifest if n.startswith("model/") or n == "trainer_state.json"])
+    return layout.verify(ckpt, [n for n in manifest if n.startswith(f"{layout.MODEL_DIR}/") or n == layout.TRAINER_STATE])
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
     """The highest complete iter_XXXXXX under run_dir/checkpoints whose model files are intact (skips
     temporaries, checkpoints still being written and corrupted ones, saying why)."""
-    for ckpt in reversed(layout.list_complete(run_dir)):
-        if not (ckpt / "model" / "config.json").is_file():
+    for ckpt in reversed(layout.list_checkpoints(run_dir)):
+        if not _holds_model(ckpt):
             continue
         problems = _model_problems(ckpt)
         if not problems:
@@ -112,12 +117,13 @@ def resolve_checkpoint(spec: str | Path) -> ResolvedCheckpoint:
         )
     if path.is_dir():
         path = path.resolve()
-        if (path / "checkpoints").is_dir() and not (path / "config.json").is_file():
+        if (path / layout.CHECKPOINTS_DIR).is_dir() and not (path / "config.json").is_file():
             latest = _latest_checkpoint(path)
             if latest is None:
                 raise EvalError(
-                    f"{path}/checkpoints has no complete checkpoint with intact model files (iter_XXXXXX/ with "
-                    "manifest.json and model/). Wait for the first checkpoint of the run, or pass a checkpoint directory."
+                    f"{path / layout.CHECKPOINTS_DIR} has no complete checkpoint with intact model files (iter_XXXXXX/ "
+                    f"with {layout.MANIFEST} and {layout.MODEL_DIR}/). Wait for the first checkpoint of the run, or pass "
+                    "a checkpoint directory."
                 )
             log.info("run dir %s: using its latest checkpoint %s", path, latest.name)
             resolved = _from_training_checkpoint(spec, latest, verified=True)
@@ -125,11 +131,12 @@ def resolve_checkpoint(spec: str | Path) -> ResolvedCheckpoint:
             return resolved
         if _is_training_checkpoint(path):
             return _from_training_checkpoint(spec, path)
-        if path.name == "model" and _is_training_checkpoint(path.parent):  # iter_XXXXXX/model itself
+        if path.name == layout.MODEL_DIR and _is_training_checkpoint(path.parent):  # iter_XXXXXX/model itself
             return _from_training_checkpoint(spec, path.parent)
-        if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        if _holds_model(path) and not (path / "config.json").is_file():
             raise EvalError(f"{path} is not a complete training checkpoint (no {layout.MANIFEST}: its save did not "
-                            "finish). Pass an earlier checkpoint, or its model/ directory to evaluate the weights as they are.")
+                            f"finish). Pass an earlier checkpoint, or its {layout.MODEL_DIR}/ directory to evaluate the "
+                            "weights as they are.")
         if (path / "config.json").is_file():
             return ResolvedCheckpoint(spec=spec, kind="model-dir", model=str(path), run_dir=run_log.find_run_dir(path))
         contents = sorted(p.name for p in path.iterdir())[:10]
@@ -149,10 +156,12 @@ def _from_training_checkpoint(spec: str, ckpt: Path, verified: bool = False) -> 
     if problems:
         raise EvalError(f"{ckpt} failed verification: {'; '.join(problems[:3])}. Pass an earlier checkpoint "
                         "(or the run dir: it skips corrupted checkpoints).")
-    state_file = ckpt / "trainer_state.json"
-    state = _read_json(state_file) if state_file.is_file() else {}
+    try:
+        state = layout.read_trainer_state(ckpt) if (ckpt / layout.TRAINER_STATE).is_file() else {}
+    except layout.CheckpointIntegrityError as e:
+        raise EvalError(str(e)) from e
     return ResolvedCheckpoint(
-        spec=spec, kind="training-checkpoint", model=str(ckpt / "model"), checkpoint_dir=ckpt,
+        spec=spec, kind="training-checkpoint", model=str(ckpt / layout.MODEL_DIR), checkpoint_dir=ckpt,
         run_dir=run_log.find_run_dir(ckpt), trainer_state=state,
     )
 

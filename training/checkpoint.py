@@ -1,16 +1,11 @@
 """Checkpoints: save (atomic, with an integrity manifest), find, verify, resume, prune; the HF-format
 model beside the training state.
 
-Layout of OUT/checkpoints/iter_000123/ (written to iter_000123.tmp/, renamed when complete):
-    accelerate/              accelerator.save_state: model, optimizer (ZeRO shards), RNG
-    data_state_rank{r}.json  the loader position of rank r (the next sample of the global stream)
-    scheduler_state.json     the LR schedule's position (JSON: nothing of ours is pickled)
-    model/                   DecoderForCausalLM.save_pretrained (safetensors) + the tokenizer
-    hf/                      (optional) native transformers export: GPT2/Llama/Qwen3ForCausalLM
-    trainer_state.json       iteration, tokens trained, world size, the LR schedule's settings
-    manifest.json            size + sha256 of every file above; written last (checkpoint_layout.py)
-A directory without manifest.json, or with the .tmp suffix, is incomplete and never resumed; a
-complete one is verified against its manifest on every resume, before anything is unpickled.
+The layout of OUT/checkpoints/iter_000123/ (every name in it, where a checkpoint lives, the
+"complete" rule) is training/checkpoint_layout.py, which eval/ shares; this module writes and reads
+it through those names. A save writes into iter_000123.tmp/ and renames it once its manifest is
+written; a directory without manifest.json, or with the .tmp suffix, is incomplete and never
+resumed; a complete one is verified against its manifest on every resume, before anything is unpickled.
 Multi-node runs need a filesystem shared by all nodes under out_dir (as torchtitan and the HF Trainer).
 
 Trust: model weights are safetensors, our own state is JSON, and accelerate's RNG state and
@@ -20,7 +15,7 @@ restricted unpickler and the manifest: a checkpoint's training state must still 
 source (see README, "Resume").
 
 One module (~440 lines): save and load are each other's inverse and must change together; the
-layout and the "complete" rule they share with eval/ are in checkpoint_layout.py.
+names and rules they share with eval/ are in checkpoint_layout.py.
 """
 
 from __future__ import annotations
@@ -36,6 +31,7 @@ from typing import Optional
 
 from data_prep.atomic import atomic_write_json
 from training import checkpoint_layout as layout
+from training.checkpoint_layout import checkpoint_dir, list_checkpoints  # public here too (run.py, tests)
 from training.distributed import is_deepspeed, params_are_sharded
 
 logger = logging.getLogger(__name__)
@@ -46,15 +42,6 @@ SCHEDULE_KEYS = ("lr", "min_lr", "warmup_iters", "decay_iters")  # what lr_at(st
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written or resumed. A ValueError so that run.py prints it as one
     `error:` line (exit 2) instead of a traceback."""
-
-
-def checkpoint_dir(out_dir: str | Path, iteration: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"iter_{iteration:06d}"
-
-
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (manifest written), oldest first; not verified."""
-    return layout.list_complete(out_dir)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
@@ -105,7 +92,7 @@ def save_checkpoint(acc, model, scheduler, *, out_dir: str | Path, state: dict, 
     slowest rank, ~7 s at 1.2 s/GiB, on top of a save that writes ~29 GB. Hashing while writing would
     need hooks inside torch.save/safetensors; reading back from the page cache costs no disk I/O."""
     final = checkpoint_dir(out_dir, state["iter"])
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = layout.staging_dir(final)
     previous = latest_checkpoint(out_dir)
     needed = layout.directory_bytes(previous) if previous is not None and previous != final else None
     if acc.is_main_process:
@@ -118,10 +105,10 @@ def save_checkpoint(acc, model, scheduler, *, out_dir: str | Path, state: dict, 
     # Phase 1, every rank: accelerate/DeepSpeed state and this rank's data position.
     error = None
     try:
-        acc.save_state(str(tmp / "accelerate"))
-        atomic_write_json(tmp / f"data_state_rank{acc.process_index}.json", data_loader.state_dict())
+        acc.save_state(str(tmp / layout.ACCELERATE_DIR))
+        atomic_write_json(tmp / layout.data_state_name(acc.process_index), data_loader.state_dict())
         if acc.is_main_process:
-            atomic_write_json(tmp / "scheduler_state.json", _scheduler_state(scheduler))
+            atomic_write_json(tmp / layout.SCHEDULER_STATE, _scheduler_state(scheduler))
     except Exception as exc:  # every rank must hear of it, or the others wait in the next collective
         error = _describe(exc, acc.process_index)
     _raise_if_any(acc, _agree(acc, error), final, tmp, needed, previous)
@@ -142,14 +129,14 @@ def save_checkpoint(acc, model, scheduler, *, out_dir: str | Path, state: dict, 
 
             plain = acc.unwrap_model(model)
             # save_pretrained pops the tensors out of the dict it is given: hand it a shallow copy
-            plain.save_pretrained(tmp / "model", state_dict=dict(full_state))
+            plain.save_pretrained(tmp / layout.MODEL_DIR, state_dict=dict(full_state))
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp / "model")
+                tokenizer.save_pretrained(tmp / layout.MODEL_DIR)
                 # eos/bos/pad ids into config + generation_config, model_max_length = seq_len
-                finish_export(tmp / "model", tokenizer, max_length=seq_len)
+                finish_export(tmp / layout.MODEL_DIR, tokenizer, max_length=seq_len)
             if export_hf:
-                _export_native(plain.config, full_state, tokenizer, tmp / "hf", seq_len)
-            atomic_write_json(tmp / "trainer_state.json", state | {
+                _export_native(plain.config, full_state, tokenizer, tmp / layout.HF_DIR, seq_len)
+            atomic_write_json(tmp / layout.TRAINER_STATE, state | {
                 "world_size": acc.num_processes, "schedule": schedule})
             entries |= _hash(tmp, [rel for rel in layout.files_under(tmp) if rel not in written])
     except Exception as exc:
@@ -346,9 +333,9 @@ def select_resume(acc, cfg, resume_from: Optional[Path]) -> Optional[Path]:
 def _check_schedule(cfg, path: Path) -> None:
     """Refuse (unless allow_schedule_change) a resume whose LR schedule differs from the one the
     checkpoint was trained on: the cosine would silently change shape mid-run."""
-    saved = json.loads((path / "trainer_state.json").read_text()).get("schedule")
+    saved = layout.read_trainer_state(path).get("schedule")
     if saved is None:
-        raise CheckpointError(f"{path / 'trainer_state.json'} records no LR schedule; resume a checkpoint saved "
+        raise CheckpointError(f"{path / layout.TRAINER_STATE} records no LR schedule; resume a checkpoint saved "
                               "by this version, or start a fresh run")
     now = schedule_of(cfg)
     changed = {k: (saved.get(k), now[k]) for k in SCHEDULE_KEYS if saved.get(k) != now[k]}
@@ -377,7 +364,7 @@ def load_checkpoint(acc, model, scheduler, path: Path, *, data_loader, schedule:
     them (iter, tokens, extra: TrainState.load_dict takes it). `schedule` is this run's schedule_of(cfg):
     where allow_schedule_change let it differ from the saved one, it applies from this step on.
     Call select_resume first: it verifies the files this reads."""
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = layout.read_trainer_state(path)
     if state.get("world_size") != acc.num_processes:
         raise CheckpointError(
             f"{path} was saved with world_size={state.get('world_size')} but this run has {acc.num_processes}; "
@@ -385,10 +372,10 @@ def load_checkpoint(acc, model, scheduler, path: Path, *, data_loader, schedule:
         )
     if is_deepspeed(acc):
         _load_deepspeed_weights_only(model)
-    acc.load_state(str(path / "accelerate"))
-    _load_scheduler(scheduler, json.loads((path / "scheduler_state.json").read_text()), state.get("schedule", {}),
+    acc.load_state(str(path / layout.ACCELERATE_DIR))
+    _load_scheduler(scheduler, json.loads((path / layout.SCHEDULER_STATE).read_text()), state.get("schedule", {}),
                     schedule)
-    data_state = json.loads((path / f"data_state_rank{acc.process_index}.json").read_text())
+    data_state = json.loads((path / layout.data_state_name(acc.process_index)).read_text())
     data_loader.load_state_dict(data_state)
     return state
 

@@ -1,10 +1,18 @@
-"""The on-disk rules of a training checkpoint, shared by training/ and eval/ (standard library only:
-importing it loads no torch, accelerate or DeepSpeed, so eval/ may use it). Every file of a checkpoint,
-with what writes and reads it: docs/formats.md, section 3.
+"""The on-disk contract of a training checkpoint, shared by training/ and eval/ (standard library only:
+importing it loads no torch, accelerate or DeepSpeed, so eval/ may use it): every name in the
+directory, where a checkpoint lives, how its trainer state reads, and the "complete" and "intact"
+rules. What each file holds, and what writes and reads it: docs/formats.md, section 3.
 
-    OUT/checkpoints/iter_000123/    complete: its name has no .tmp suffix and it holds manifest.json
-        manifest.json               size + sha256 of every other file; written last, just before the
-                                    rename from iter_000123.tmp/, so its presence means "complete"
+    OUT/checkpoints/iter_000123/    CHECKPOINTS_DIR, checkpoint_dir(OUT, 123); written to iter_000123.tmp/
+                                    (staging_dir) and renamed when complete
+        accelerate/                 ACCELERATE_DIR: accelerator.save_state (model, optimizer/ZeRO shards, RNG)
+        data_state_rank{r}.json     data_state_name(r): the loader position of rank r
+        scheduler_state.json        SCHEDULER_STATE: the LR schedule's position (JSON: nothing of ours is pickled)
+        model/                      MODEL_DIR: DecoderForCausalLM.save_pretrained (safetensors) + the tokenizer
+        hf/                         HF_DIR: (optional) native transformers export
+        trainer_state.json          TRAINER_STATE: iteration, tokens, world size, LR schedule (read_trainer_state)
+        manifest.json               MANIFEST: size + sha256 of every other file; written last, just before
+                                    the rename from iter_000123.tmp/, so its presence means "complete"
 A complete checkpoint is *intact* when every file it lists still has its recorded size and sha256.
 Completeness is a directory listing; intactness reads every byte (about 1.2 s per GiB per process
 on one core of a 2-core CI machine: `python -m training.checkpoint_layout --bench`), so callers
@@ -25,17 +33,42 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
+# The names inside a run's out_dir and a checkpoint directory (module docstring). Changing one changes
+# the on-disk format: older checkpoints would no longer resume or evaluate.
+CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/
+ITER_DIR = re.compile(r"^iter_(\d+)$")  # a complete checkpoint's name: iter_ + the iteration, 6+ digits
+TMP_SUFFIX = ".tmp"  # iter_N.tmp/: a save in progress (or cut short), never resumed
+ACCELERATE_DIR = "accelerate"
+MODEL_DIR = "model"
+HF_DIR = "hf"
+TRAINER_STATE = "trainer_state.json"
+SCHEDULER_STATE = "scheduler_state.json"
+DATA_STATE_PREFIX = "data_state_rank"  # + rank + ".json": data_state_name
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-ITER_DIR = re.compile(r"^iter_(\d+)$")
 # Files named after the rank that wrote them (DeepSpeed optimizer/model shards, accelerate RNG states,
 # our data states): that rank hashes them, while they are still in its page cache.
-_RANK_IN_NAME = re.compile(r"(?:zero_pp_rank_|random_states_|data_state_rank|_rank)(\d+)")
+_RANK_IN_NAME = re.compile(rf"(?:zero_pp_rank_|random_states_|{DATA_STATE_PREFIX}|_rank)(\d+)")
 _CHUNK = 16 << 20  # 16 MiB reads: hashlib releases the GIL on large updates
 
 
 class CheckpointIntegrityError(ValueError):
     """A checkpoint that is incomplete, or whose files no longer match its manifest."""
+
+
+def data_state_name(rank: int) -> str:
+    """The file holding rank `rank`'s data-loader position: data_state_rank{rank}.json."""
+    return f"{DATA_STATE_PREFIX}{rank}.json"
+
+
+def checkpoint_dir(out_dir: str | os.PathLike, iteration: int) -> Path:
+    """Where the checkpoint of `iteration` lives (complete or not): OUT/checkpoints/iter_000123."""
+    return Path(out_dir) / CHECKPOINTS_DIR / f"iter_{iteration:06d}"
+
+
+def staging_dir(ckpt: Path) -> Path:
+    """Where a save of `ckpt` is written before its rename: iter_000123.tmp beside it."""
+    return Path(ckpt).with_name(Path(ckpt).name + TMP_SUFFIX)
 
 
 def checkpoint_iteration(path: Path) -> Optional[int]:
@@ -50,13 +83,34 @@ def is_complete(path: Path) -> bool:
     return checkpoint_iteration(path) is not None and (path / MANIFEST).is_file()
 
 
-def list_complete(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under run_dir/checkpoints, oldest first (not verified: see verify)."""
-    root = Path(run_dir) / "checkpoints"
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under out_dir/checkpoints, oldest first (not verified: see verify)."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     found = [(checkpoint_iteration(p), p) for p in root.iterdir() if is_complete(p)]
     return [p for _, p in sorted(found)]
+
+
+list_complete = list_checkpoints  # the earlier name (training/launch.py)
+
+
+def read_trainer_state(ckpt: str | os.PathLike) -> dict:
+    """The JSON object in ckpt/trainer_state.json (FileNotFoundError when absent); CheckpointIntegrityError
+    naming the file and line when it is not one. Verify the checkpoint first: this reads, it does not check."""
+    path = Path(ckpt) / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointIntegrityError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); the checkpoint is "
+                                       "damaged: use another checkpoint") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointIntegrityError(f"{path}: not UTF-8 text ({exc.reason}); the checkpoint is damaged: "
+                                       "use another checkpoint") from exc
+    if not isinstance(state, dict):
+        raise CheckpointIntegrityError(f"{path}: expected a JSON object, got {type(state).__name__}; the checkpoint "
+                                       "is damaged: use another checkpoint")
+    return state
 
 
 def hash_file(path: Path) -> dict:
@@ -163,7 +217,7 @@ def check_files(ckpt: Path, manifest: dict[str, dict], names: Iterable[str]) -> 
     return problems
 
 
-def unlisted(ckpt: Path, manifest: dict[str, dict], under: str = "accelerate") -> list[str]:
+def unlisted(ckpt: Path, manifest: dict[str, dict], under: str = ACCELERATE_DIR) -> list[str]:
     """Files under ckpt/<under> that the manifest does not list. There, unlike next to the checkpoint
     (eval results), an extra file is refused: accelerate and DeepSpeed load those directories by name
     pattern, and a planted pickle must not be loaded."""

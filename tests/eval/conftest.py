@@ -1,8 +1,10 @@
 """Fixtures for the eval tests: a tiny training run on disk and one harness run over it.
 
 The run dir mimics what training/ writes (log.jsonl; checkpoints/iter_XXXXXX/{model/, trainer_state.json})
-with an untrained tiny LLaMA and the shipped test tokenizer. The harness CLI runs once per session
-(a subprocess, as a user would run it) and several test files read its outputs.
+with an untrained tiny LLaMA and the shipped test tokenizer, through training's own names and writer
+(training/checkpoint_layout.py, training/run_log.py RunLogWriter), so a change of the layout or of the
+log format reaches these fixtures. The harness CLI runs once per session (a subprocess, as a user
+would run it) and several test files read its outputs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from training import checkpoint_layout as layout
+from training.run_log import RunLogWriter, log_path
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "tests" / "assets"
@@ -52,10 +55,10 @@ def tokenizer():
 
 
 def _save_checkpoint(run_dir: Path, iteration: int, model, tokenizer) -> Path:
-    ckpt = run_dir / "checkpoints" / f"iter_{iteration:06d}"
-    model.save_pretrained(ckpt / "model")
-    tokenizer.save_pretrained(ckpt / "model")
-    (ckpt / "trainer_state.json").write_text(json.dumps({"iter": iteration, "tokens": iteration * TOKENS_PER_ITER}))
+    ckpt = layout.checkpoint_dir(run_dir, iteration)
+    model.save_pretrained(ckpt / layout.MODEL_DIR)
+    tokenizer.save_pretrained(ckpt / layout.MODEL_DIR)
+    (ckpt / layout.TRAINER_STATE).write_text(json.dumps({"iter": iteration, "tokens": iteration * TOKENS_PER_ITER}))
     # sealed as training seals a checkpoint (training/checkpoint_layout.py): the manifest, written last
     layout.write_manifest(ckpt, {rel: layout.hash_file(ckpt / rel) for rel in layout.files_under(ckpt)})
     return ckpt
@@ -73,7 +76,7 @@ def tiny_run(tmp_path_factory, tokenizer) -> Path:
                                        bos_token_id=tokenizer.bos_token_id)
     _save_checkpoint(run, 4, DecoderForCausalLM(config), tokenizer)
     _save_checkpoint(run, 8, DecoderForCausalLM(config), tokenizer)
-    (run / "checkpoints" / "iter_000012.tmp" / "model").mkdir(parents=True)  # a save cut short
+    (layout.staging_dir(layout.checkpoint_dir(run, 12)) / layout.MODEL_DIR).mkdir(parents=True)  # a save cut short
     records = [{"type": "config", "model": {**config.to_diff_dict(), "preset": "tiny-llama"}, "n_params": 360768,
                 "world_size": 2, "device": "NVIDIA H100 80GB HBM3", "precision": "bf16", "seq_len": 128,
                 "tokens_per_iter": TOKENS_PER_ITER, "distributed_type": "DEEPSPEED", "ds_stage": 1,
@@ -89,14 +92,17 @@ def tiny_run(tmp_path_factory, tokenizer) -> Path:
                         "tokens": i * TOKENS_PER_ITER})
         if i % 4 == 0:
             records += [{"type": "eval", "iter": i, "val_loss": 6.5 - 0.1 * i},
-                        {"type": "checkpoint", "iter": i, "path": f"checkpoints/iter_{i:06d}"}]
-    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+                        {"type": "checkpoint", "iter": i, "path": str(layout.checkpoint_dir(run, i))}]
+    writer = RunLogWriter(log_path(run))
+    writer.begin(start_iter=0)
+    for record in records:
+        writer.write(record)
     return run
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tiny_run) -> Path:
-    return tiny_run / "checkpoints" / "iter_000008"
+    return layout.checkpoint_dir(tiny_run, 8)
 
 
 @pytest.fixture(scope="session")

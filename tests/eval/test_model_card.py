@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from eval.model_card import framework_versions, render_model_card
 from eval.runinfo import training_summary
+from training.run_log import RunLogWriter, log_path
 
 CONFIG = {"type": "config", "world_size": 8, "device": "NVIDIA B200", "precision": "bf16", "seq_len": 2048,
           "tokens_per_iter": 720896, "global_batch_sequences": 352, "grad_accum_steps": 2, "micro_batch_size": 22,
@@ -16,8 +15,9 @@ CONFIG = {"type": "config", "world_size": 8, "device": "NVIDIA B200", "precision
 
 
 def _card(tmp_path, config):
-    (tmp_path / "log.jsonl").write_text(json.dumps(config) + "\n" + json.dumps(
-        {"type": "train", "iter": 100, "loss": 3.2, "tokens": 100 * 720896}) + "\n")
+    writer = RunLogWriter(log_path(tmp_path))
+    writer.write(config)
+    writer.write({"type": "train", "iter": 100, "loss": 3.2, "tokens": 100 * 720896})
     training = training_summary(tmp_path, {"iter": 100, "tokens": 100 * 720896})
     return render_model_card(repo_id="org/m", model_class="Qwen3ForCausalLM", model_type="qwen3", n_params=1_800_000_000,
                              arch=None, training=training, evaluation=None, license="apache-2.0", datasets=[],
