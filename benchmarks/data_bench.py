@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.report import write_json
+from benchmarks.report import format_table, write_json
 from benchmarks.timing import Stopwatch, time_total
 
 from data_prep.readers import ReadStats
@@ -141,35 +141,31 @@ def bench_loader(data_dir: Path, batch_size: int, seq_len: int, batches: int,
     }
 
 
-def format_table(result: dict[str, Any]) -> str:
-    rows = []
+def format_result(result: dict[str, Any]) -> str:
+    lines = []
     for p, ex in zip(result["prepare"], result["extrapolation"]):
-        rows += [
+        rows = [["raw encode_batch_fast", f"{p['raw_tokens_per_s']:,.0f}", f"{p['raw_tokens_per_cpu_s']:,.0f}", "1.00",
+                 f"{p['raw_tokens_per_cpu_s']:,.0f}", "1.00"]]
+        rows += [[f"prepare --tasks {m['tasks']} --workers {m['workers']}", f"{m['tokens_per_s']:,.0f}",
+                  f"{m['tokens_per_cpu_s']:,.0f}", f"{m['ratio_cpu']:.2f}", f"{m['task_tokens_per_cpu_s']:,.0f}",
+                  f"{m['ratio_task_cpu']:.2f}"] for m in p["modes"]]
+        lines += [
             f"tokenizer {p['tokenizer']} ({p['vocab_size']:,} tokens); corpus {p['documents']:,} documents, "
             f"{p['characters']:,} chars, {p['tokens']:,} tokens; {p['cpu_count']} CPUs (load "
             f"{p['load_avg_1min']}); median of {p['repeats']}",
-            f"{'measure':<34} {'wall tok/s':>11} {'tok/CPU-s':>10} {'x raw':>6} {'task tok/CPU-s':>15} {'x raw':>6}",
-            f"{'raw encode_batch_fast':<34} {p['raw_tokens_per_s']:>11,.0f} {p['raw_tokens_per_cpu_s']:>10,.0f} "
-            f"{1.0:>6.2f} {p['raw_tokens_per_cpu_s']:>15,.0f} {1.0:>6.2f}",
-        ]
-        for m in p["modes"]:
-            name = f"prepare --tasks {m['tasks']} --workers {m['workers']}"
-            rows.append(f"{name:<34} {m['tokens_per_s']:>11,.0f} {m['tokens_per_cpu_s']:>10,.0f} "
-                        f"{m['ratio_cpu']:>6.2f} {m['task_tokens_per_cpu_s']:>15,.0f} {m['ratio_task_cpu']:>6.2f}")
-        rows += [
+            format_table(["measure", "wall tok/s", "tok/CPU-s", "x raw", "task tok/CPU-s", "x raw"], rows),
             f"{ex['target_tokens'] / 1e9:.0f}B tokens at {ex['tokens_per_core_s']:,.0f} tokens/core-s: "
             f"{ex['hours_one_node']:.1f} h on one {ex['node_cores']}-core node, "
             f"{ex['hours_n_nodes']:.1f} h on {ex['nodes']} nodes",
             "",
         ]
     if result.get("loader"):
-        rows.append(f"{'loader':<42} {'batches/s':>11} {'tokens/s':>14}")
-        for ld in result["loader"]:
-            name = f"B={ld['batch_size']} T={ld['seq_len']} num_workers={ld['num_workers']}"
-            rows.append(f"{name:<42} {ld['batches_per_s']:>11,.1f} {ld['tokens_per_s']:>14,.0f}")
+        lines.append(format_table(["loader", "batches/s", "tokens/s"], [
+            [f"B={ld['batch_size']} T={ld['seq_len']} num_workers={ld['num_workers']}", f"{ld['batches_per_s']:,.1f}",
+             f"{ld['tokens_per_s']:,.0f}"] for ld in result["loader"]]))
     if result.get("loader_error"):
-        rows.append(f"loader: {result['loader_error']}")
-    return "\n".join(rows)
+        lines.append(f"loader: {result['loader_error']}")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -224,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 for w in args.num_workers]
         except Exception as e:  # the loader is benchmarked here but owned elsewhere: report, go on
             result["loader_error"] = f"{type(e).__name__}: {e}"
-    print(format_table(result))
+    print(format_result(result))
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")

@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from modeling.attention import flash_attn_unavailable_reason  # noqa: E402
 from benchmarks.device_checks import check_row, document_checks, parity_checks, sdpa_kernel_checks  # noqa: E402
-from benchmarks.report import fmt, markdown_table, write_json, write_text  # noqa: E402
+from benchmarks.report import fmt, format_table, write_json, write_text  # noqa: E402
 from benchmarks.step_report import device_info  # noqa: E402
 from training.precision import PRECISION_NAMES, torch_dtype  # noqa: E402
 
@@ -149,10 +149,11 @@ def to_markdown(doc: dict[str, Any]) -> str:
              f"dtype {doc['settings']['dtype']}; wall {doc['wall_s']:.0f} s of a {doc['settings']['budget_s']} s budget; "
              f"checks: {doc['summary']['passed']} pass, {doc['summary']['failed']} fail, "
              f"{doc['summary']['unavailable']} unavailable; heavy modules loaded: {doc['heavy_modules_loaded'] or 'none'}",
-             "", "## Checks", "", markdown_table(CHECK_HEADERS, "llll", checks),
+             "", "## Checks", "", format_table(CHECK_HEADERS, checks, markdown=True, align="llll", padded=False),
              "", f"## Training step: ours (chunked loss) vs native, SDPA, compile {s['compile']}, {s['dtype']}, "
              f"seq {s['seq_len']}, micro-batch {s['micro_batch']} (max {s['max_micro_batch']})", "",
-             markdown_table(BENCH_HEADERS, "lllrrrrrrrr", [c for b in doc["benchmarks"] for c in _bench_cells(b)])]
+             format_table(BENCH_HEADERS, [c for b in doc["benchmarks"] for c in _bench_cells(b)], markdown=True,
+                          align="lllrrrrrrrr", padded=False)]
     peak = d.get("peak_flops")
     lines += ["", f"MFU against {peak / 1e12:.1f} TFLOP/s ({d['peak_dtype']} dense peak, training/hardware.py)."
               if peak else "MFU: null (no dense peak for this device).",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.memory import peak_rss_growth_mib  # noqa: E402
-from benchmarks.report import markdown_table, write_json  # noqa: E402
+from benchmarks.report import format_table, write_json  # noqa: E402
 from benchmarks.timing import time_interleaved  # noqa: E402
 from modeling.attention import eager_attention  # noqa: E402
 from modeling.losses import linear_cross_entropy  # noqa: E402
@@ -188,9 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(res)
     base = res[names[0]]["min_ms"]
     print(f"{args.what} on {dev}, {args.dtype}, {torch.get_num_threads()} threads, {args.reps} reps (fwd + bwd)")
-    print(markdown_table((f"{'variant':20s}", "min ms", "median ms", "speed-up (min)"), "lrrr",
-                         [[f"{name:20s}", f"{res[name]['min_ms']:.3f}", f"{res[name]['median_ms']:.3f}",
-                           f"{base / res[name]['min_ms']:.2f}x"] for name in names]))
+    print(format_table((f"{'variant':20s}", "min ms", "median ms", "speed-up (min)"),
+                       [[f"{name:20s}", f"{res[name]['min_ms']:.3f}", f"{res[name]['median_ms']:.3f}",
+                         f"{base / res[name]['min_ms']:.2f}x"] for name in names], markdown=True, align="lrrr",
+                       padded=False))
     if memory:
         print("peak RSS growth, one fwd+bwd: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in memory.items()))
     out = {"what": args.what, "settings": {k: v for k, v in vars(args).items() if k != "json"},

@@ -14,7 +14,7 @@ import torch
 from modeling import mfu
 from training.hardware import canonical_gpu_name, detect_device, matmul_dtype, peak_flops
 
-from .report import fmt, markdown_table, slug
+from .report import fmt, format_table, slug
 from .timing import geomean, step_time_ms
 
 logger = logging.getLogger("benchmarks.step")
@@ -132,7 +132,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{s['iters']} timed steps{rounds}; {m['parameters'] / 1e6:.2f}M parameters, "
         f"{m['flops_per_token'] / 1e6:.2f} MFLOP/token ({m['flops_definition']})",
         "",
-        markdown_table(MD_HEADERS, MD_ALIGN, [_md_cells(r) for r in result["rows"]]),
+        format_table(MD_HEADERS, [_md_cells(r) for r in result["rows"]], markdown=True, align=MD_ALIGN, padded=False),
         "",
         f"ours/native tokens/s: worst {fmt(sm['ratio_tokens_per_sec_vs_native'], '.3f')}, geomean "
         f"{fmt(sm['ratio_tokens_per_sec_vs_native_geomean'], '.3f')}, best "

@@ -8,22 +8,43 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = False) -> str:
-    """Right-align numbers, left-align text; `markdown=True` gives a GitHub table."""
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = False, *,
+                 align: Optional[str] = None, padded: bool = True) -> str:
+    """Right-align numbers, left-align text; `markdown=True` gives a GitHub table.
+
+    align: one letter per column, l or r, instead of guessing from the cells (a column of numbers and
+    notes stays as asked). padded=False (markdown only): no padding, one space around each cell and `| |`
+    for an empty one, so that a committed result diffs by the cells that changed, not by column widths."""
     rows = [["" if c is None else str(c) for c in row] for row in rows]
+    if align is not None:
+        if len(align) != len(headers) or set(align) - {"l", "r"}:
+            raise ValueError(f"align {align!r} has {len(align)} letters for {len(headers)} columns; give one l "
+                             f"(left) or r (right) per column")
+        right = [a == "r" for a in align]
+    else:
+        right = [all(_looks_numeric(r[i]) for r in rows if r[i]) and any(r[i] for r in rows)
+                 for i in range(len(headers))]
+    if not padded:
+        if not markdown:
+            raise ValueError("padded=False is for markdown tables (markdown=True): a plain table needs its padding")
+        rule = "|" + "|".join("---:" if r else "---" for r in right) + "|"
+        return "\n".join([_bare_line(headers), rule, *(_bare_line(r) for r in rows)])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    numeric = [all(_looks_numeric(r[i]) for r in rows if r[i]) and any(r[i] for r in rows) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
+        out = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, right)]
         return ("| " + " | ".join(out) + " |") if markdown else "  ".join(out).rstrip()
 
-    sep = ("|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    sep = ("|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, right)) + "|"
            if markdown else "  ".join("-" * w for w in widths))
     return "\n".join([line(list(headers)), sep] + [line(r) for r in rows])
+
+
+def _bare_line(cells: Sequence[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
 
 
 def _looks_numeric(text: str) -> bool:

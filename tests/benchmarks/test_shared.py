@@ -53,10 +53,11 @@ def test_is_oom(exc, oom):
 
 
 def test_markdown_table_and_json(tmp_path, capsys):
-    md = report.markdown_table(("name", "n"), "lr", [["a", 1], ["b", ""]])
+    """Committed results are unpadded markdown (training.tables.format_table, the one printer)."""
+    md = report.format_table(("name", "n"), [["a", 1], ["b", ""]], markdown=True, align="lr", padded=False)
     assert md.splitlines() == ["| name | n |", "|---|---:|", "| a | 1 |", "| b | |"]
     with pytest.raises(ValueError, match="align"):
-        report.markdown_table(("a", "b"), "l", [])
+        report.format_table(("a", "b"), [], markdown=True, align="l", padded=False)
     target = tmp_path / "sub" / "r.json"
     report.write_json({"x": 1, "p": tmp_path}, target)
     assert json.loads(target.read_text()) == {"x": 1, "p": str(tmp_path)}
@@ -65,3 +66,17 @@ def test_markdown_table_and_json(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {"y": 2}
     report.write_json({"z": 3}, None)  # no --json: nothing written or printed
     assert capsys.readouterr().out == ""
+
+
+def test_table_alignment_is_asked_for_or_guessed():
+    rows = [["a", "1.5"], ["bb", "n/a"]]
+    guessed = report.format_table(("name", "x"), rows)
+    assert guessed.splitlines()[2:] == ["a     1.5", "bb    n/a"]  # numbers (and n/a) right-aligned
+    asked = report.format_table(("name", "x"), rows, align="rl")
+    assert asked.splitlines()[2:] == ["   a  1.5", "  bb  n/a"]
+    assert report.format_table(("name", "x"), rows, markdown=True, align="ll").splitlines()[1] == "|------|-----|"
+    assert report.format_table(("name", "x"), rows, markdown=True, padded=False).splitlines()[1] == "|---|---:|"
+    with pytest.raises(ValueError, match="markdown"):
+        report.format_table(("name", "x"), rows, padded=False)
+    with pytest.raises(ValueError, match="align"):
+        report.format_table(("name", "x"), rows, align="lc")
