@@ -16,6 +16,12 @@ from training.config import TrainConfig
 from training.run import build_data
 from training.trainer import Trainer
 
+
+def _build_data(cfg, cuda: bool):
+    """build_data on rank 0 of 1, with the batch plan training computes."""
+    return build_data(cfg, cfg.batch_plan(world_size=1), 0, cuda=cuda)
+
+
 T = 16
 
 
@@ -63,7 +69,7 @@ def evaluate(trainer) -> tuple[float, list[torch.Tensor]]:
 
 def test_every_evaluation_scores_the_same_batches_also_after_a_resume(data: Path) -> None:
     cfg = config(data)
-    _, train_loader, val_loader = build_data(cfg, 0, 1, cuda=False)
+    _, train_loader, val_loader = _build_data(cfg, cuda=False)
     trainer = evaluator(cfg, val_loader)
     first_loss, first = evaluate(trainer)
     assert len(first) == cfg.eval_iters  # eval_iters batches, from the start of the val split
@@ -77,7 +83,7 @@ def test_every_evaluation_scores_the_same_batches_also_after_a_resume(data: Path
     state = train_loader.state_dict()
 
     # a resumed run: fresh loaders, the train loader's state restored, training continues
-    _, resumed_train, resumed_val = build_data(cfg, 0, 1, cuda=False)
+    _, resumed_train, resumed_val = _build_data(cfg, cuda=False)
     resumed_train.load_state_dict(state)
     next(iter(resumed_train))
     resumed = evaluator(cfg, resumed_val)
@@ -91,14 +97,14 @@ def _same(a, b) -> bool:
 
 def test_evaluation_with_fewer_val_batches_than_eval_iters(data: Path) -> None:
     cfg = config(data, eval_iters=10_000)
-    _, _, val_loader = build_data(cfg, 0, 1, cuda=False)
+    _, _, val_loader = _build_data(cfg, cuda=False)
     loss, seen = evaluate(evaluator(cfg, val_loader))
     assert len(seen) == len(val_loader) and np.isfinite(loss)  # one pass, then it stops
 
 
 def test_validation_under_document_masking_is_scored_with_document_positions(data: Path) -> None:
     cfg = config(data, document_masking=True)
-    _, train_loader, val_loader = build_data(cfg, 0, 1, cuda=False)
+    _, train_loader, val_loader = _build_data(cfg, cuda=False)
     assert len(next(iter(train_loader))) == len(next(iter(val_loader))) == 3  # (input_ids, labels, position_ids)
     trainer = evaluator(cfg, val_loader)
     evaluate(trainer)
@@ -109,11 +115,11 @@ def test_validation_under_document_masking_is_scored_with_document_positions(dat
 
 
 def test_loader_defaults_follow_the_device(data: Path) -> None:
-    _, train, val = build_data(config(data), 0, 1, cuda=False)
+    _, train, val = _build_data(config(data), cuda=False)
     assert (train.num_workers, train.pin_memory, val.num_workers) == (0, False, 0)
-    _, train, val = build_data(config(data), 0, 1, cuda=True)
+    _, train, val = _build_data(config(data), cuda=True)
     assert (train.num_workers, train.pin_memory, val.num_workers, val.pin_memory) == (2, True, 0, True)
-    _, train, _ = build_data(config(data, num_workers=1, pin_memory=False), 0, 1, cuda=True)
+    _, train, _ = _build_data(config(data, num_workers=1, pin_memory=False), cuda=True)
     assert (train.num_workers, train.pin_memory) == (1, False)
 
 
@@ -125,16 +131,16 @@ def corrupt(shard: Path, offset: int, value: int) -> None:
 
 
 def test_verify_data_catches_a_corrupt_shard_at_start(data: Path) -> None:
-    build_data(config(data, verify_data=True), 0, 1, cuda=False)
+    _build_data(config(data, verify_data=True), cuda=False)
     corrupt(data / "train" / "00001.ds", offset=3, value=7)
-    build_data(config(data), 0, 1, cuda=False)  # off by default: sizes match, nothing read
+    _build_data(config(data), cuda=False)  # off by default: sizes match, nothing read
     with pytest.raises(ManifestError, match=r"train/00001.ds is corrupt: its sha256 differs from the manifest's"):
-        build_data(config(data, verify_data=True), 0, 1, cuda=False)
+        _build_data(config(data, verify_data=True), cuda=False)
 
 
 def test_out_of_vocabulary_id_is_an_error_naming_the_shard_not_an_index_error(data: Path) -> None:
     corrupt(data / "train" / "00000.ds", offset=T + 2, value=60_000)
-    _, train_loader, _ = build_data(config(data), 0, 1, cuda=False)
+    _, train_loader, _ = _build_data(config(data), cuda=False)
     with pytest.raises(ManifestError, match=rf"train/00000.ds holds token id 60000 at token offset {T + 2}, but the "
                                             rf"tokenizer has {VOCAB} tokens"):
         for _ in zip(range(1000), train_loader):  # a permutation of all samples reaches the bad one
