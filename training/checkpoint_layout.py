@@ -92,7 +92,6 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-list_complete = list_checkpoints  # the earlier name (training/launch.py)
 
 
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:

@@ -65,9 +65,9 @@ def interrupted_message(signame: str, out_dir: Optional[Path], started: float) -
     """The one line: the newest complete checkpoint of out_dir, and whether this launch wrote it."""
     if out_dir is None:
         return f"interrupted ({signame}); the workers checkpoint on SIGINT/SIGTERM: continue with --resume=auto"
-    from training.checkpoint_layout import MANIFEST, list_complete
+    from training.checkpoint_layout import MANIFEST, list_checkpoints
 
-    checkpoints = list_complete(out_dir)
+    checkpoints = list_checkpoints(out_dir)
     if not checkpoints:
         return f"interrupted ({signame}) before the first checkpoint of {out_dir}: nothing to resume"
     newest = checkpoints[-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from train_helpers import BIN, REPO, RUN_PY, TINY_RUN, failure, free_port, read_log, train_losses
 
-from training.checkpoint_layout import list_complete
+from training.checkpoint_layout import list_checkpoints
 from training.launch import _training_out_dir, interrupted_message
 
 
@@ -52,7 +52,7 @@ def test_ctrl_c_ends_with_one_line_and_a_checkpoint_that_resumes(demo_data, tmp_
     # the worker's own account of the stop, then the launcher's one line and nothing else
     stop = next(i for i, line in enumerate(lines) if "stop requested" in line)
     assert len(lines) - stop <= 4, stderr
-    checkpoints = list_complete(run)
+    checkpoints = list_checkpoints(run)
     assert checkpoints, stderr
     saved = checkpoints[-1]
     assert lines[-1] == f"interrupted (SIGINT): checkpoint {saved} saved; continue with --resume=auto"
