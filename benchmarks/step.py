@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("amp", "pure"), default="amp",
                    help="amp: fp32 weights + autocast(dtype) (accelerate's mixed precision; fp16 adds a GradScaler); "
                         "pure: weights and AdamW state in dtype")
-    p.add_argument("--attn", default="eager,sdpa,flash_attention_2", help="comma-separated attention backends; "
+    p.add_argument("--attn", default=",".join(ATTN_CHOICES), help="comma-separated attention backends; "
                    "unavailable ones are reported as skipped with the reason")
-    p.add_argument("--compile", default="off", help="comma-separated subset of off,on (torch.compile of the model)")
+    p.add_argument("--compile", default="off", help="comma-separated subset of off,on (torch.compile per decoder "
+                   "block, in place, as training compiles: training.run.prepare_for_training)")
     p.add_argument("--loss", default="chunked", help="ours' loss path(s), comma-separated subset of chunked,full: "
                    "chunked = forward(..., return_logits=False), full = logits + cross-entropy (as native)")
     p.add_argument("--no-native", action="store_true", help="skip the native transformers model")

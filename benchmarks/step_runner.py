@@ -63,7 +63,8 @@ class Runner:
             self.steps.feed(itertools.repeat((ids, self.labels)), BatchPlan(ids.shape[1], ids.shape[0], 1, 1))
 
     def step(self, ids: torch.Tensor, eager: bool = False) -> torch.Tensor:
-        """One optimizer step over `ids` (the compiled forward unless `eager`); returns the loss (no host sync)."""
+        """One optimizer step over `ids` (`eager`: compiled blocks run eagerly, see trainer_step); returns the
+        loss (no host sync)."""
         self.feed(ids)
         return self.steps.step(eager=eager).loss
 
@@ -116,7 +117,8 @@ def cpu_step_peak_bytes(runner: Runner, ids: torch.Tensor) -> int:
 
 
 def find_max_micro_batch(runner: Runner, seq_len: int, vocab: int, device: torch.device, seed: int, cap: int) -> int:
-    """Largest power-of-two micro-batch whose eager step fits (CUDA). The first step at 1 allocates the
+    """Largest power-of-two micro-batch whose eager step fits (CUDA; compiled variants' blocks run eagerly
+    here, see trainer_step, and the timed steps reuse the size). The first step at 1 allocates the
     optimizer state, so each probe sees weights + grads + AdamW moments + activations. The probes'
     updates are undone afterwards (weights restored; optimizer, loss-scale and LR-schedule state reset),
     so every variant's timed steps start from the same weights whatever its search did."""

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from modeling import DecoderConfig, DecoderForCausalLM
+from training.batch_plan import BatchPlan
 
 from .memory import cuda_peak_gib, free_device_memory, is_oom, reset_peak
 from .step_runner import (
     Runner, Variant, build_runner, cpu_step_peak_bytes, find_max_micro_batch, make_batch, profile_runner,
 )
-from .timing import count_host_syncs, split_rounds, synchronize, time_calls
+from .timing import Stopwatch, count_host_syncs, split_rounds, time_calls
 
 logger = logging.getLogger("benchmarks.step")
 
@@ -78,8 +78,8 @@ class Session:
                     self.prepare(v)
                     self.measure(v, self.args.iters)
                     self.finish(v)
-            if comp:  # every variant shares forward's code objects: drop the group's graphs so that later
-                torch._dynamo.reset()  # groups never reach the recompile limit and silently run eager
+            if comp:  # every variant's blocks share their class's forward code: drop the group's graphs so that
+                torch._dynamo.reset()  # later groups never reach the recompile limit and silently run eager
 
     def fail(self, v: Variant, status: str, exc: BaseException) -> None:
         self.rows[v.label].update(status=status, reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
@@ -104,19 +104,19 @@ class Session:
             if mb == "auto":
                 mb = CPU_DEFAULTS["micro_batch"] if self.device.type != "cuda" else find_max_micro_batch(
                     runner, args.seq_len, self.config.vocab_size, self.device, args.seed, args.max_micro_batch)
-            ids = make_batch(mb, args.seq_len, self.config.vocab_size, self.device, args.seed)
-            t0 = time.perf_counter()
-            first = runner.step(ids)
-            for _ in range(args.warmup - 1):
-                runner.step(ids)
-            synchronize(self.device)
-            row["warmup_s"] = time.perf_counter() - t0
+            plan = BatchPlan(args.seq_len, mb, grad_accum_steps=1, world_size=1)  # one micro-batch per step
+            ids = make_batch(plan.micro_batch, plan.seq_len, self.config.vocab_size, self.device, args.seed)
+            with Stopwatch(device=self.device) as warmup:
+                first = runner.step(ids)
+                for _ in range(args.warmup - 1):
+                    runner.step(ids)
+            row["warmup_s"] = warmup.wall_s
             row["loss_first_step"] = float(first)  # a host sync, outside the timed loop
             row["host_syncs_per_step"] = count_host_syncs(lambda: runner.step(ids), self.device)
         except Exception as exc:  # noqa: BLE001 - compile failures, OOM: reported per row
             return self.fail(v, "oom" if is_oom(exc) else "error", exc)
         self.batches[v.label] = ids
-        row.update(micro_batch=mb, seq_len=args.seq_len, tokens_per_step=mb * args.seq_len)
+        row.update(micro_batch=plan.micro_batch, seq_len=plan.seq_len, tokens_per_step=plan.tokens_per_iter)
         row["peak_memory_gb"], row["memory_kind"] = None, None
         if self.device.type == "cpu" and not v.compile:  # one more (untimed) step, tracked op by op
             row["peak_memory_gb"] = cpu_step_peak_bytes(runner, ids) / 2**30

@@ -8,10 +8,12 @@
 Every configuration trains a freshly initialised model (same seed) for `--iters` optimizer steps of
 `global_batch` sequences = micro_batch x accumulation (a `training.batch_plan.BatchPlan`), each step
 the trainer's own `Trainer.train_step` (benchmarks/trainer_step.py: accelerate's mixed precision and
-accumulation, clip, AdamW, LR schedule). Each phase of a step is timed through the trainer's NVTX
-ranges (benchmarks/timing.py PhaseTimer): data (fetch + copy to the device), forward, backward (summed
-over the micro-batches), and optimizer: the rest of the step (clip, optimizer step + zero_grad, LR
-schedule step, the loss bookkeeping). On CUDA every phase boundary is a torch.cuda.synchronize(), so
+accumulation, clip, AdamW, LR schedule), over the model prepared as training prepares it
+(`training.run.prepare_for_training`: `--activation-checkpointing`, then `--compile on` per decoder
+block; the first step compiles, so keep `--warmup` >= 1 with it). Each phase of a step is timed through
+the trainer's NVTX ranges (benchmarks/timing.py PhaseTimer): data (fetch + copy to the device), forward,
+backward (summed over the micro-batches), and optimizer: the rest of the step (clip, optimizer step +
+zero_grad, LR schedule step, the loss bookkeeping). On CUDA every phase boundary is a torch.cuda.synchronize(), so
 the breakdown is exact at the price of a few idle microseconds per phase (the trainer itself does not
 sync per step). The first `--warmup` steps (allocator growth, kernel autotuning) are not measured.
 
@@ -27,7 +29,6 @@ import argparse
 import inspect
 import statistics
 import sys
-import time
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -39,7 +40,7 @@ from training.precision import PRECISION_NAMES
 
 from .memory import cuda_peak_gib, free_device_memory, is_oom, reset_peak
 from .report import fmt, format_table, write_json
-from .timing import PhaseTimer, synchronize
+from .timing import PhaseTimer, Stopwatch
 from .trainer_step import build_step_trainer, check_precision
 
 PROG = "python -m benchmarks.sweep"
@@ -76,9 +77,7 @@ def data_vocab_size(data_dir: str) -> int:
 def measure(
     config: DecoderConfig,
     *,
-    micro_batch: int,
-    accum: int,
-    seq_len: int,
+    plan: BatchPlan,
     iters: int,
     warmup: int,
     device: torch.device,
@@ -87,42 +86,44 @@ def measure(
     lr: float = 3e-4,
     seed: int = 0,
     chunked_loss: bool = False,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
     on_step: Callable[[], None] | None = None,
 ) -> dict:
-    """Train `iters` trainer steps of micro_batch x accum sequences; per-phase milliseconds per step (mean
+    """Train `iters` trainer steps of `plan` (micro-batch x accumulation); per-phase milliseconds per step (mean
     over the steps after `warmup`), tokens/s, peak memory. Raises the OOM error for the caller to classify."""
     torch.manual_seed(seed)
     model = steps = None
+    if compile:  # each configuration compiles afresh, as a training run starts (static shapes, no earlier graphs)
+        torch._dynamo.reset()
     reset_peak(device)
     timer = PhaseTimer(device)
     records: list[dict[str, float]] = []
     out = None
     try:
         model = DecoderForCausalLM(config).to(device).train()
-        steps = build_step_trainer(model, device=device, precision=dtype, batch=BatchPlan(seq_len, micro_batch, accum, 1),
-                                   batches=batches, lr=lr, loss="chunked" if chunked_loss else "full",
-                                   attn=config._attn_implementation)
+        steps = build_step_trainer(model, device=device, precision=dtype, batch=plan, batches=batches, lr=lr,
+                                   loss="chunked" if chunked_loss else "full", compile=compile,
+                                   activation_checkpointing=activation_checkpointing, attn=config._attn_implementation)
         with timer.installed():
             for _ in range(iters):
-                synchronize(device)
-                t0 = time.perf_counter()
-                out = steps.step()
-                synchronize(device)
-                wall = time.perf_counter() - t0
+                # One synchronized step at a time (not time_calls): its phases are read between the steps, and
+                # the wall time must bracket the same synchronized work as the phase ranges do.
+                with Stopwatch(device=device) as step:
+                    out = steps.step()
                 spent = timer.take()
                 t = {p: sum(spent.get(r, 0.0) for r in RANGES[p]) for p in RANGES}
-                t["optimizer"] = max(0.0, wall - sum(t.values()))
+                t["optimizer"] = max(0.0, step.wall_s - sum(t.values()))
                 records.append(t)
                 if on_step:
                     on_step()
         measured = records[warmup:] if len(records) > warmup else records[-1:]
         per_phase = {p: 1000 * statistics.fmean(s[p] for s in measured) for p in PHASES}
         step_ms = sum(per_phase.values())
-        tokens = micro_batch * accum * seq_len
         return {
             "status": "ok", "measured_steps": len(measured),
             "step_ms": step_ms, **{f"{p}_ms": v for p, v in per_phase.items()},
-            "tokens_per_sec": tokens / (step_ms / 1000),
+            "tokens_per_sec": plan.tokens_per_iter / (step_ms / 1000),
             "peak_mem_gib": cuda_peak_gib(device),
             "final_loss": float(out.loss) if out is not None else None,  # the last step's mean; sync: once, at the end
         }
@@ -145,6 +146,8 @@ def sweep(
     attn: str = "auto",
     lr: float = 3e-4,
     chunked_loss: bool = False,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
     progress: bool = True,
 ) -> dict:
     """Measure every micro-batch that divides `global_batch`; return the rows and the fastest that fits."""
@@ -162,6 +165,8 @@ def sweep(
     config = DecoderConfig.from_preset(preset, **overrides)
     config.check_seq_len(seq_len, "--seq-len")
 
+    # the global batch as a plan (micro-batch 1 divides every global batch): its tokens are every row's
+    whole = BatchPlan.from_global(seq_len, 1, world_size=1, global_sequences=global_batch)
     plans: dict[int, BatchPlan | None] = {}
     for m in micro_batches:
         try:
@@ -192,9 +197,9 @@ def sweep(
                 bar.update()
 
         try:
-            row.update(measure(config, micro_batch=m, accum=row["accum"], seq_len=seq_len, iters=iters, warmup=warmup,
-                               device=dev, dtype=dtype, batches=batches, lr=lr, chunked_loss=chunked_loss,
-                               on_step=step_done))
+            row.update(measure(config, plan=plan, iters=iters, warmup=warmup, device=dev, dtype=dtype, batches=batches,
+                               lr=lr, chunked_loss=chunked_loss, compile=compile,
+                               activation_checkpointing=activation_checkpointing, on_step=step_done))
         except Exception as exc:  # noqa: BLE001 - only OOM is classified; anything else propagates
             if not is_oom(exc):
                 raise
@@ -209,8 +214,9 @@ def sweep(
     return {
         "preset": preset, "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": dtype, "attn_implementation": attn, "loss": "chunked" if chunked_loss else "plain",
-        "data": data or "random tokens", "global_batch": global_batch,
-        "seq_len": seq_len, "tokens_per_step": global_batch * seq_len, "iters": iters, "warmup": warmup,
+        "compile": compile, "activation_checkpointing": activation_checkpointing,
+        "data": data or "random tokens", "global_batch": whole.global_sequences,
+        "seq_len": whole.seq_len, "tokens_per_step": whole.tokens_per_iter, "iters": iters, "warmup": warmup,
         "flops_per_token": flops_per_token(config, seq_len), "rows": rows,
         "best": {"micro_batch": best["micro_batch"], "accum": best["accum"], "tokens_per_sec": best["tokens_per_sec"]} if best else None,
     }
@@ -227,8 +233,10 @@ def format_sweep(result: dict) -> str:
             fmt(r.get("backward_ms"), ".1f"), fmt(r.get("optimizer_ms"), ".1f"), fmt(r.get("peak_mem_gib"), ".2f"),
             fmt(r.get("final_loss"), ".4f"),
         ])
+    prepared = "".join([", compiled per block" if result.get("compile") else "",
+                        ", activation checkpointing" if result.get("activation_checkpointing") else ""])
     head = (f"{result['preset']} on {result['device_name']} ({result['dtype']}, attention {result['attn_implementation']}, "
-            f"{result['loss']} loss), "
+            f"{result['loss']} loss{prepared}), "
             f"global batch {result['global_batch']} x {result['seq_len']} tokens, {result['iters']} steps "
             f"({result['warmup']} warm-up not measured), data: {result['data']}")
     lines = [head, format_table(headers, rows)]
@@ -268,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     ap.add_argument("--chunked-loss", action="store_true",
                     help="forward(..., return_logits=False): the chunked LM-head loss instead of full logits")
+    ap.add_argument("--compile", choices=("off", "on"), default="off",
+                    help="torch.compile per decoder block, as training's compile: true (default off)")
+    ap.add_argument("--activation-checkpointing", action="store_true",
+                    help="recompute block activations in backward, as training's activation_checkpointing: true")
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' for JSON on stdout only)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -275,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         result = sweep(args.preset, global_batch=args.global_batch, micro_batches=args.micro_batches,
                        seq_len=args.seq_len, iters=args.iters, warmup=args.warmup, device=args.device,
                        dtype=args.dtype, data=args.data, attn=args.attn, lr=args.lr, chunked_loss=args.chunked_loss,
+                       compile=args.compile == "on", activation_checkpointing=args.activation_checkpointing,
                        progress=not args.no_progress and args.json != "-")
     except (ValueError, KeyError, ImportError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)

@@ -103,16 +103,23 @@ def cpu_seconds() -> float:
 
 @dataclass
 class Stopwatch:
-    """`with Stopwatch() as sw: ...` -> sw.wall_s and sw.cpu_s of the block (CPU: see cpu_seconds)."""
+    """`with Stopwatch() as sw: ...` -> sw.wall_s and sw.cpu_s of the block (CPU: see cpu_seconds).
+    `Stopwatch(device=...)` synchronizes the device on entry and before reading the clock at exit, so the
+    block's queued GPU work is in its wall time (one block at a time, e.g. a step whose phases are read
+    in between; time_calls is the loop for many calls)."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    device: Any = field(default=None, repr=False)
 
     def __enter__(self) -> "Stopwatch":
+        synchronize(self.device)
         self._cpu0, self._t0 = cpu_seconds(), time.perf_counter()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:  # a failing block (e.g. out of memory) keeps its own error
+            synchronize(self.device)
         self.wall_s = time.perf_counter() - self._t0
         self.cpu_s = cpu_seconds() - self._cpu0
 
@@ -143,16 +150,17 @@ class PhaseTimer:
     """Wall seconds per named range of `training.trainer.nvtx` (data_fetch, forward, backward, clip,
     opt_step, sched_step): while `installed()`, every range the trainer opens is also timed here. On
     CUDA each range starts and ends with a synchronize, so the split is exact at the price of a few idle
-    microseconds per range (the trainer itself never syncs there): for breakdowns, not for headline speed."""
+    microseconds per range (the trainer itself never syncs there): for breakdowns, not for headline speed.
+    Without a device it times host wall seconds only, around any call: `with timer("name"): ...`."""
 
     device: Any = None
     spent: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def __call__(self, name: str, inner: Any) -> Iterator[None]:
+    def __call__(self, name: str, inner: Any = None) -> Iterator[None]:
         synchronize(self.device)
         t0 = time.perf_counter()
-        with inner:  # the NVTX range itself (a null context off CUDA)
+        with contextlib.nullcontext() if inner is None else inner:  # the NVTX range itself (null off CUDA)
             yield
         synchronize(self.device)
         self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t0

@@ -7,8 +7,9 @@ forward / backward / clip / optimizer step / LR step of the same model and batch
         --data_dir=data/demo                                                                # ZeRO-1, 2 processes
 
 Any recipe key can be given (--key=value, defaults: the demo recipe with log_interval 10). The two
-loops alternate in rounds on the same trainer (same weights, optimizer and engine), so drift in
-machine load hits both alike; the result is the median ratio over rounds. Rank 0 prints a markdown
+loops alternate in rounds on the same trainer (same weights, optimizer and engine; benchmarks.timing's
+time_interleaved, which also swaps who goes first every other round), so drift in machine load hits
+both alike; the result is the median ratio over rounds. Rank 0 prints a markdown
 row and, with --json FILE, writes the figures.
 """
 
@@ -18,13 +19,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import write_json  # noqa: E402
-from benchmarks.timing import synchronize  # noqa: E402
+from benchmarks.timing import PhaseTimer, time_interleaved  # noqa: E402
 from training.config import load_config, parse_overrides  # noqa: E402
 from training.console import quiet_deepspeed_import, setup_console  # noqa: E402
 
@@ -57,18 +57,19 @@ def bare_step(trainer, x, y) -> None:
     trainer.scheduler.step()
 
 
-def _time_trainer_parts(trainer) -> dict[str, float]:
+PARTS = ("data_fetch", "callbacks", "guard", "stop_agreement")  # what the trainer adds, timed directly
+
+
+def _time_trainer_parts(trainer) -> PhaseTimer:
     """Wrap what the trainer does beyond the bare step (batch fetch, callbacks, the non-finite guard, the
-    stop agreement) with timers; returns the dict the timers fill (seconds)."""
-    spent = {"data_fetch": 0.0, "callbacks": 0.0, "guard": 0.0, "stop_agreement": 0.0}
+    stop agreement) with a timer of host seconds per part (PARTS). No device: the parts are the trainer's
+    own Python, and a synchronize around each would add waits that the trainer does not have."""
+    timer = PhaseTimer()
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
-            t = time.perf_counter()
-            try:
+            with timer(name):
                 return fn(*args, **kwargs)
-            finally:
-                spent[name] += time.perf_counter() - t
         return wrapper
 
     batches = trainer._batches
@@ -76,7 +77,7 @@ def _time_trainer_parts(trainer) -> dict[str, float]:
     trainer._emit = timed("callbacks", trainer._emit)
     trainer._guard_step = timed("guard", trainer._guard_step)
     trainer._should_stop = timed("stop_agreement", trainer._should_stop)
-    return spent
+    return timer
 
 
 def main(argv: list[str]) -> int:
@@ -96,31 +97,25 @@ def main(argv: list[str]) -> int:
     trainer.start()
     x, y = (t.to(acc.device) for t in next(iter(trainer.train_loader))[:2])
 
-    def sync():
-        synchronize(acc.device)
-        acc.wait_for_everyone()
+    def bare_loop():
+        for _ in range(iters):
+            bare_step(trainer, x, y)
+
+    def trainer_loop():
+        for _ in range(iters):
+            trainer.iteration()
+            trainer._should_stop()
 
     for _ in range(3):  # warm-up: allocator, DeepSpeed buffers, first-call paths of both loops
         bare_step(trainer, x, y)
         trainer.iteration()
-    spent = _time_trainer_parts(trainer)
-    bare, full = [], []
-    for _ in range(rounds):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            bare_step(trainer, x, y)
-        sync()
-        t1 = time.perf_counter()
-        for _ in range(iters):
-            trainer.iteration()
-            trainer._should_stop()
-        sync()
-        t2 = time.perf_counter()
-        bare.append((t1 - t0) / iters)
-        full.append((t2 - t1) / iters)
+    parts = _time_trainer_parts(trainer)
+    # the ranks start each timed loop together (untimed barrier), the device synchronized around it
+    loops = time_interleaved({"bare": bare_loop, "trainer": trainer_loop}, rounds, acc.device,
+                             setup=acc.wait_for_everyone)
+    bare, full = ([t / iters for t in loops[k]] for k in ("bare", "trainer"))
     ratios = [f / b for f, b in zip(full, bare)]
-    per_iter = {k: 1000 * v / (rounds * iters) for k, v in spent.items()}
+    per_iter = {k: 1000 * parts.spent.get(k, 0.0) / (rounds * iters) for k in PARTS}
     result = {
         "world_size": acc.num_processes, "strategy": "DeepSpeed ZeRO-%s" % trainer.run_info.get("ds_stage")
         if is_deepspeed(acc) else type(trainer.model).__name__, "device": str(acc.device),

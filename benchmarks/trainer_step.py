@@ -12,6 +12,19 @@ The trainer calls `model(input_ids=x, shift_labels=y, return_logits=False)`. Los
 does not take are kept for the comparisons through `StepModel`: "full" (our model's logits +
 cross-entropy, `return_logits=True`) and "native" (a transformers model, `labels=input_ids`, shifted
 inside: the same targets as y). Every path hands only the loss back, so logits die inside the forward.
+
+The model is prepared as training prepares it: `training.run.prepare_for_training(model, cfg)` with the
+TrainConfig built here (activation checkpointing, then `block.compile()` per decoder block, in place), so
+`compile=True` times the per-block compiled step that training runs (accelerate's autocast wrapper goes
+around the model, outside every compiled block, as in training). The native model, which training never
+runs, gets the same per-block compile of its decoder layers, so that ours/native compare like with like.
+
+Per-block compile is in place, so there is one module. A step that must not compile (the micro-batch
+search's probes: each new size would compile the blocks again) runs that module under
+`torch.compiler.set_stance("force_eager")`: the same weights, optimizer and code, without the compiled
+graphs. That is the simplest correct option: a non-compiled deep copy would put a second set of weights
+on the device whose memory the search is measuring, and the eager step is the conservative probe (inductor
+fuses intermediates away, so a compiled step holds no more activations in practice).
 """
 
 from __future__ import annotations
@@ -25,10 +38,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers.modeling_outputs import CausalLMOutput
 
+from modeling import DecoderForCausalLM
 from training.batch_plan import BatchPlan
 from training.config import TrainConfig
 from training.optim import build_optimizer, build_scheduler
 from training.precision import get_precision
+from training.run import prepare_for_training
 from training.trainer import StepOutput, Trainer
 
 LOSS_PATHS = ("chunked", "full", "native")
@@ -81,13 +96,10 @@ def fresh_accelerator(device: torch.device, mixed_precision: str, grad_accum_ste
 
 @dataclass
 class StepTrainer:
-    """A Trainer over one model, with the prepared forward it times (`compiled`: torch.compile'd when
-    asked, else the eager one) and the eager one (`eager`: e.g. for a micro-batch search)."""
+    """A Trainer over one model, prepared as training prepares it (module doc)."""
 
     trainer: Trainer
     model: torch.nn.Module  # the bare model: its weights are the optimizer's parameters
-    eager: torch.nn.Module
-    compiled: torch.nn.Module
 
     @property
     def optimizer(self):
@@ -100,8 +112,11 @@ class StepTrainer:
         self.trainer._batches = iter(batches)
 
     def step(self, eager: bool = False) -> StepOutput:
-        self.trainer.model = self.eager if eager else self.compiled
-        return self.trainer.train_step()
+        """One Trainer.train_step; eager: with torch.compile's graphs set aside (module doc)."""
+        if not eager:
+            return self.trainer.train_step()
+        with torch.compiler.set_stance("force_eager"):
+            return self.trainer.train_step()
 
     def reset(self) -> None:
         """Forget the optimizer's moments, the loss scale and the LR schedule's position (weights are the
@@ -113,27 +128,43 @@ class StepTrainer:
         self.trainer.scheduler = build_scheduler(self.optimizer, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
 
 
+def prepare_like_training(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Ours: training.run.prepare_for_training. Native: the same per-block compile of its decoder layers
+    (model.base_model: .layers for LLaMA / Qwen3, .h for GPT-2); training never checkpoints it."""
+    if isinstance(model, DecoderForCausalLM):
+        return prepare_for_training(model, cfg)
+    if cfg.activation_checkpointing:
+        raise ValueError("activation checkpointing is benchmarked on our model only (training never runs the native "
+                         "one); leave it off for native variants")
+    if cfg.compile:
+        base = model.base_model
+        for block in base.layers if hasattr(base, "layers") else base.h:
+            block.compile()
+    return model
+
+
 def build_step_trainer(model: torch.nn.Module, *, device: torch.device, precision: str, batch: BatchPlan,
                        batches: Iterable, lr: float, loss: str = "chunked", compile: bool = False,
-                       pure: bool = False, attn: Optional[str] = None) -> StepTrainer:
+                       activation_checkpointing: bool = False, pure: bool = False,
+                       attn: Optional[str] = None) -> StepTrainer:
     """A Trainer as training.run.build_trainer makes one (recipe defaults for everything not given), over
     `model` already on `device` (in its final dtype: fp32 for mixed precision, `precision`'s dtype when
-    `pure`). pure: no autocast, the weights and AdamW state are in that dtype."""
+    `pure`), prepared in place as training prepares it (compile, activation_checkpointing: module doc).
+    pure: no autocast, the weights and AdamW state are in that dtype."""
     check_precision(device, precision, pure)
     mixed = "no" if pure else get_precision(precision).accelerate
     accelerator = fresh_accelerator(device, mixed, batch.grad_accum_steps)
     cfg = TrainConfig(seq_len=batch.seq_len, micro_batch_size=batch.micro_batch, lr=lr, precision=precision,
-                      compile=compile, attn_implementation=attn or "auto", max_iters=10**9)
+                      compile=compile, activation_checkpointing=activation_checkpointing,
+                      attn_implementation=attn or "auto", max_iters=10**9)
+    prepare_like_training(model, cfg)  # the order of training.run: AC + compile, optimizer, accelerate.prepare
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.adam_eps,
                                 fused=cfg.fused_adamw)
     scheduler = build_scheduler(optimizer, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
-    # Each forward is its own module over the same weights, so that accelerate's autocast wrapper goes
-    # around the compiled model (as around training's compiled blocks), never inside the traced code.
-    eager = accelerator.prepare_model(StepModel(model, loss))
-    compiled = accelerator.prepare_model(StepModel(torch.compile(model), loss)) if compile else eager
+    prepared = accelerator.prepare_model(StepModel(model, loss))
     optimizer = accelerator.prepare_optimizer(optimizer)
-    trainer = Trainer(cfg=cfg, accelerator=accelerator, model=compiled, optimizer=optimizer, scheduler=scheduler,
+    trainer = Trainer(cfg=cfg, accelerator=accelerator, model=prepared, optimizer=optimizer, scheduler=scheduler,
                       batch=batch, train_loader=batches, callbacks=[], run_info={})
-    step_trainer = StepTrainer(trainer, model, eager, compiled)
+    step_trainer = StepTrainer(trainer, model)
     step_trainer.feed(batches, batch)
     return step_trainer

@@ -39,6 +39,13 @@ def test_phase_timer_times_the_trainers_ranges_only_while_installed():
     spent = timer.take()
     assert set(spent) == {"forward", "backward"} and all(v >= 0 for v in spent.values())
     assert timer.take() == {} and getattr(trainer.nvtx, "recorder", None) is None
+    host = timing.PhaseTimer()  # no device, no range: host seconds around any call
+    with host("part"):
+        pass
+    assert set(host.take()) == {"part"}
+    with timing.Stopwatch(device="cpu") as sw:
+        sum(i * i for i in range(10_000))
+    assert sw.wall_s > 0
 
 
 @pytest.mark.parametrize("exc, oom", [

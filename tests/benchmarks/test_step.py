@@ -245,3 +245,34 @@ def test_old_entry_points_run_the_new_tools(old, new):
                            timeout=120) for m in (old, new)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert runs[0].stdout == runs[1].stdout and f"usage: python -m {new}" in runs[0].stdout
+
+
+def test_compile_on_is_trainings_per_block_compile_and_eager_steps_do_not_compile(monkeypatch):
+    """`--compile on` prepares the model with training.run.prepare_for_training (every decoder block compiled in
+    place; native: its decoder layers the same way), one module, no whole-model torch.compile wrapper; an
+    eager step (the micro-batch search) runs those blocks without compiling and computes the plain loss."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from benchmarks import trainer_step
+    from training import run
+
+    seen = []
+    monkeypatch.setattr(trainer_step, "prepare_for_training",
+                        lambda model, cfg: seen.append(cfg) or run.prepare_for_training(model, cfg))
+    src = DecoderForCausalLM(DecoderConfig.from_preset("tiny-llama")).eval()
+    ids = torch.randint(0, 2048, (2, 16))
+    with torch.no_grad():
+        expected = float(src(input_ids=ids, labels=ids).loss)
+    for impl, loss in (("ours", "chunked"), ("native", "full")):
+        runner = step_runner.build_runner(src, step_runner.Variant(impl, "sdpa", True, loss), torch.device("cpu"),
+                                          "fp32", "amp")
+        blocks = runner.model.model.layers
+        assert all(b._compiled_call_impl is not None for b in blocks), impl  # nn.Module.compile(), in place
+        assert not any(isinstance(m, OptimizedModule) for m in runner.steps.trainer.model.modules()), impl
+        assert runner.steps.trainer.model.inner is runner.model  # the one module the optimizer updates
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        first = runner.step(ids, eager=True)
+        assert not torch._dynamo.utils.counters["stats"]["calls_captured"], impl  # nothing was compiled
+        assert float(first) == pytest.approx(expected, abs=1e-5), impl
+    assert [(c.compile, c.activation_checkpointing) for c in seen] == [(True, False)]  # ours only: native's own

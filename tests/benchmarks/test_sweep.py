@@ -26,10 +26,10 @@ def test_sweep_on_cpu():
 def test_out_of_memory_is_reported_not_raised(monkeypatch):
     real = sweep_module.measure
 
-    def measure(config, *, micro_batch, **kw):
-        if micro_batch == 4:
+    def measure(config, *, plan, **kw):
+        if plan.micro_batch == 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(config, micro_batch=micro_batch, **kw)
+        return real(config, plan=plan, **kw)
 
     monkeypatch.setattr(sweep_module, "measure", measure)
     r = sweep("tiny-llama", global_batch=4, micro_batches=(1, 4), seq_len=32, iters=2, progress=False)
@@ -80,3 +80,19 @@ def test_each_step_is_the_trainers_train_step(monkeypatch):
     for row in r["rows"]:
         assert row["data_ms"] > 0 and row["forward_ms"] > 0 and row["backward_ms"] > 0
     assert getattr(trainer.nvtx, "recorder", None) is None
+
+
+def test_activation_checkpointing_is_trainings(monkeypatch):
+    """--activation-checkpointing prepares the model as training does (training.run.prepare_for_training): every
+    block recomputes in backward, and the losses are those of the same steps without it."""
+    from benchmarks import trainer_step
+    from training import run
+
+    prepared = []
+    monkeypatch.setattr(trainer_step, "prepare_for_training",
+                        lambda model, cfg: prepared.append(run.prepare_for_training(model, cfg)) or prepared[-1])
+    plain, ckpt = (sweep("tiny-llama", global_batch=4, micro_batches=(2,), seq_len=16, iters=2, progress=False,
+                         activation_checkpointing=on) for on in (False, True))
+    assert [all(getattr(b, "gradient_checkpointing", False) for b in m.model.layers) for m in prepared] == [False, True]
+    assert ckpt["activation_checkpointing"] and not plain["activation_checkpointing"]
+    assert ckpt["rows"][0]["final_loss"] == pytest.approx(plain["rows"][0]["final_loss"], abs=1e-6)
