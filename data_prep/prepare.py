@@ -162,6 +162,9 @@ def prepare(
         raise ValueError(f"tasks must be >= 1, got {tasks}.")
     if not (num_nodes >= 1 and 0 <= node_rank < num_nodes):
         raise ValueError(f"--node-rank must be in [0, --num-nodes), got {node_rank} of {num_nodes}.")
+    if overwrite and node_rank > 0:
+        raise ValueError(f"--overwrite on node rank {node_rank}: only node rank 0 clears --out (another node's clearing "
+                         "would delete shards node 0 already wrote); start node 0 with --overwrite, the others without")
     if num_nodes > tasks:
         raise ValueError(f"--num-nodes {num_nodes} > --tasks {tasks}: some nodes would have no task. "
                          f"Use --tasks >= {num_nodes} (e.g. {num_nodes * 64}).")
@@ -215,7 +218,7 @@ def prepare(
     out = Path(out_dir)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     with _exclusive(out, node_rank):
-        _start_or_resume(out, run, tok, sep_token, overwrite)
+        _start_or_resume(out, run, tok, sep_token, overwrite, clear=node_rank == 0)
         reader = ReadCorpus(units, read_options)
         writer = TokenizeToShards(
             str(out.resolve()), tok.backend_tokenizer.to_str(), reader, dtype=DTYPES[dtype_name].name,
@@ -304,7 +307,9 @@ def _changed(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if canon(old.get(k)) != canon(new.get(k)))
 
 
-def _start_or_resume(out: Path, run: dict[str, Any], tok: Any, sep_token: str, overwrite: bool) -> None:
+def _start_or_resume(out: Path, run: dict[str, Any], tok: Any, sep_token: str, overwrite: bool, clear: bool) -> None:
+    """Resume a run with the same settings, refuse one with others, or start afresh. `clear`: this node may
+    delete what an earlier run left (node 0 only: the others may start while node 0 is writing)."""
     run_path = out / STATE_DIR / RUN_NAME
     fresh = json.loads(json.dumps(run, default=str))  # as it will read back from disk
     if not overwrite and run_path.is_file():
@@ -329,6 +334,10 @@ def _start_or_resume(out: Path, run: dict[str, Any], tok: Any, sep_token: str, o
             f"{out} already holds a prepared dataset ({MANIFEST_NAME} exists). Pass --overwrite to "
             "rebuild it, or choose another --out directory."
         )
+    if not clear:  # a fresh directory (no run, no manifest) seen first by another node: nothing to delete
+        save_tokenizer(tok, out / TOKENIZER_DIR, eos_token=sep_token)
+        atomic_write_json(run_path, fresh)
+        return
     # Fresh start: the manifest goes first, so the directory never claims to be complete while
     # old shards are being replaced; old v1 files go too.
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -462,7 +471,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-chars", type=int, default=1_000_000,
                    help="characters per tokenization batch (default 1000000)")
     p.add_argument("--overwrite", action="store_true",
-                   help="rebuild even if DIR holds a finished or interrupted run")
+                   help="rebuild even if DIR holds a finished or interrupted run (several nodes: on node rank 0 only, "
+                        "started first)")
     p.add_argument("--finalize", action="store_true",
                    help="only write DIR/manifest.json from the finished tasks, or list the missing ones")
     p.add_argument("--json", metavar="FILE", help="also write the manifest to FILE")

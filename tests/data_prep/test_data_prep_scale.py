@@ -92,6 +92,23 @@ def test_two_machines_equal_one(tmp_path, jsonl_corpus, tokenizer_dir, tokenizer
     assert one["splits"]["val"]["documents"] == sum(map(in_val, docs))
 
 
+def test_nodes_may_start_in_any_order_and_only_node_0_clears(tmp_path, jsonl_corpus, tokenizer) -> None:
+    """Node 1 first on a fresh directory writes its tasks without clearing anything; node 0 then resumes
+    the same run and completes it, equal to one machine. --overwrite is node 0's alone: another node
+    clearing --out would delete shards node 0 already wrote."""
+    src, _ = jsonl_corpus
+    common = dict(seq_len=32, val_fraction=0.05, tasks=4, progress=False)
+    one = prepare([str(src)], tokenizer, tmp_path / "one", **common)
+    two = tmp_path / "two"
+    assert prepare([str(src)], tokenizer, two, node_rank=1, num_nodes=2, **common)["missing_tasks"] == [0, 1]
+    done = prepare([str(src)], tokenizer, two, node_rank=0, num_nodes=2, **common)
+    for split in ("train", "val"):
+        assert done["splits"][split] == one["splits"][split]
+    with pytest.raises(ValueError, match="--overwrite on node rank 1: only node rank 0 clears --out"):
+        prepare([str(src)], tokenizer, two, node_rank=1, num_nodes=2, overwrite=True, **common)
+    assert load_manifest(two, verify_hash=True)["splits"] == done["splits"]  # nothing was touched
+
+
 def test_max_tokens_budget(tmp_path, jsonl_corpus, tokenizer, split_docs) -> None:
     src, docs = jsonl_corpus
     budget, tasks = 20_000, 3
