@@ -16,7 +16,7 @@ import math
 import resource
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
@@ -345,15 +345,17 @@ class Checkpointer(Callback):
                 seq_len=trainer.batch.seq_len, keep=cfg.keep_checkpoints, export_hf=export)
         # bytes: what the next save needs free (keeping K checkpoints needs room for K+1)
         trainer.log({"type": "checkpoint", "iter": trainer.state.iter, "path": str(path),
-                                   "reason": reason, "time_ms": 1000 * (time.perf_counter() - start),
-                                   "bytes": checkpoint.layout.directory_bytes(path)})
+                     "reason": reason, "time_ms": 1000 * (time.perf_counter() - start),
+                     "bytes": checkpoint.layout.directory_bytes(path)})
 
 
 class HarnessEval(Callback):
-    """lm-eval ARC-Easy / ARC-Challenge / OpenBookQA on rank 0 every N iterations (eval/harness.py)."""
+    """lm-eval ARC-Easy / ARC-Challenge / OpenBookQA on rank 0 every N iterations. `evaluate` is
+    eval.harness.evaluate_model, handed in by training/run.py (the entry point composes the packages:
+    training's modules do not import eval/, which imports training's contracts)."""
 
-    def __init__(self, interval: int, data_dir: Optional[str], limit: Optional[int]):
-        self.interval, self.data_dir, self.limit = interval, data_dir, limit
+    def __init__(self, interval: int, data_dir: Optional[str], limit: Optional[int], evaluate: Callable[..., dict]):
+        self.interval, self.data_dir, self.limit, self.evaluate = interval, data_dir, limit, evaluate
 
     def on_step_end(self, trainer, out) -> None:
         if not trainer.is_step(self.interval):
@@ -365,11 +367,9 @@ class HarnessEval(Callback):
             if params_are_sharded(acc):  # ZeRO-3 / FSDP: rank 0 evaluates a gathered full copy
                 model = _gathered_copy(acc, trainer.model, model.config)
             if acc.is_main_process:
-                from eval.harness import evaluate_model
-
                 was_training = model.training
                 model.eval()
-                result = evaluate_model(model, trainer.tokenizer, data_dir=self.data_dir, limit=self.limit,
+                result = self.evaluate(model, trainer.tokenizer, data_dir=self.data_dir, limit=self.limit,
                                         device=str(acc.device))
                 model.train(was_training)
                 tasks = {t: {k: v for k, v in m.items() if isinstance(v, (int, float))}

@@ -234,7 +234,7 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
         cb.TrainMetrics(fpt, peak, LossSpikes(cfg.loss_spike_zscore, cfg.loss_spike_window)),
         cb.LayerGradNorms(cfg.grad_norm_layers_interval),
         cb.Validation(),
-        cb.HarnessEval(cfg.harness_interval, cfg.harness_data_dir, cfg.harness_limit),
+        cb.HarnessEval(cfg.harness_interval, cfg.harness_data_dir, cfg.harness_limit, evaluate=_harness_evaluate),
         cb.Checkpointer(),
     ]
     if cfg.profile:
@@ -243,6 +243,13 @@ def build_trainer(cfg: TrainConfig, recipe: Optional[str] = None, resume_from: O
                       batch=batch, train_loader=train_loader, val_loader=val_loader, tokenizer=tokenizer,
                       callbacks=callbacks, run_info=run_info)
     return trainer, resume_from
+
+
+def _harness_evaluate(*args, **kwargs) -> dict:
+    """eval.harness.evaluate_model, imported at the first harness evaluation (lm-eval is slow to import)."""
+    from eval.harness import evaluate_model
+
+    return evaluate_model(*args, **kwargs)
 
 
 def _peak_flops(device_name: str, precision: str):

@@ -79,16 +79,14 @@ def test_a_trainer_refuses_a_callback_that_is_not_one(tmp_path):
 
 def test_harness_profile_and_loop_records_take_the_one_path(tmp_path, monkeypatch):
     """Before, harness and profile records reached the run log but not the trackers."""
-    import eval.harness
-
+    scores = {"arc_easy": {"acc": 0.25, "acc_norm": 0.5, "alias": "arc_easy"}}
     logger = cb.JsonlLogger(str(tmp_path))
-    harness, profiler = cb.HarnessEval(interval=1, data_dir=None, limit=2), cb.Profiler(1, 1, str(tmp_path))
+    harness = cb.HarnessEval(interval=1, data_dir=None, limit=2, evaluate=lambda *a, **k: {"results": scores})
+    profiler = cb.Profiler(1, 1, str(tmp_path))
     trainer = _trainer(tmp_path, [logger, harness, profiler])
     trainer.model = torch.nn.Linear(2, 2)
     trainer.accelerator.unwrap_model = lambda m: m
     trainer.accelerator.wait_for_everyone = lambda: None
-    scores = {"arc_easy": {"acc": 0.25, "acc_norm": 0.5, "alias": "arc_easy"}}
-    monkeypatch.setattr(eval.harness, "evaluate_model", lambda *a, **k: {"results": scores})
     monkeypatch.setattr(cb, "params_are_sharded", lambda acc: False)
 
     logger.on_train_start(trainer)
