@@ -36,11 +36,6 @@ class BatchPlan:
         """Tokens per optimizer step, all ranks."""
         return self.global_sequences * self.seq_len
 
-    @property
-    def tokens_per_micro_batch(self) -> int:
-        """Tokens in one rank's forward/backward."""
-        return self.micro_batch * self.seq_len
-
     @classmethod
     def from_global(cls, seq_len: int, micro_batch: int, world_size: int, *, global_sequences: Optional[int] = None,
                     global_tokens: Optional[int] = None) -> "BatchPlan":
